@@ -1,0 +1,702 @@
+"""Reading and writing the files that nanoBragg exchanges with the outside world.
+
+Formats handled here, all byte-compatible with the original C program:
+
+* HKL text files (``h k l F`` per line) and the binary ``Fdump.bin`` cache of
+  the dense structure-factor grid built from them;
+* MOSFLM orientation matrices (the first nine numbers are the reciprocal cell
+  vectors multiplied by the wavelength);
+* source lists (up to five numbers per line: X Y Z weight wavelength);
+* SMV ("ADSC") images: header parsing with C's keyword rules, and the exact
+  512-byte header that C writes with ``-intfile`` and ``-noisefile``;
+* PGM previews and raw float32 images.
+
+Every reader turns a problem with the user's file into one
+:class:`~reference.errors.InputError` whose one-line message names the file
+(and, for text files, the line).  Every writer replaces its target atomically,
+so an interrupted run never leaves a half-written file behind under the real
+name.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from reference.errors import InputError
+
+__all__ = [
+    "InputError",
+    "HKLTable",
+    "read_hkl",
+    "fill_default",
+    "write_fdump",
+    "read_fdump",
+    "read_mosflm_matrix",
+    "read_source_file",
+    "SMVImage",
+    "read_smv",
+    "smv_header_fields",
+    "format_smv_header",
+    "write_smv",
+    "write_pgm",
+    "write_float_image",
+    "check_writable",
+    "SMV_HEADER_BYTES",
+]
+
+# ---------------------------------------------------------------------------
+# Small shared helpers
+# ---------------------------------------------------------------------------
+
+#: Size of the header that C writes in front of every SMV image, in bytes.
+SMV_HEADER_BYTES = 512
+
+# A number as C's strtod() accepts it: decimal, hexadecimal, inf or nan.
+_HEX_RE = r"[+-]?0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)(?:[pP][+-]?\d+)?"
+_SPECIAL_RE = r"(?i:[+-]?(?:inf(?:inity)?|nan(?:\([0-9A-Za-z_]*\))?))"
+_DECIMAL_RE = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+# Hexadecimal first: otherwise "0x10" would stop after the decimal "0".
+_NUMBER = re.compile(f"(?:{_HEX_RE})|(?:{_SPECIAL_RE})|(?:{_DECIMAL_RE})")
+
+# The characters C's isspace() skips in front of a number.
+_C_WHITESPACE = " \t\n\v\f\r"
+
+
+def _number_from_match(text: str) -> float:
+    """Convert text that matched :data:`_NUMBER` into a float."""
+    body = text.lstrip("+-")
+    if body[:2] in ("0x", "0X"):
+        return float.fromhex(text)
+    low = body.lower()
+    sign = "-" if text.startswith("-") else ""
+    if low.startswith("nan"):
+        return float("nan")  # C ignores the optional "(chars)" payload
+    if low.startswith("inf"):
+        return float(sign + "inf")
+    return float(text)
+
+
+def _parse_number(token: str) -> float | None:
+    """Return the value of ``token`` if the whole token is a number, else None.
+
+    Stricter than Python's float(), which would also accept "1_000" or
+    surrounding whitespace, and than C's atof(), which silently reads a
+    prefix and turns garbage into 0.
+    """
+    if _NUMBER.fullmatch(token) is None:
+        return None
+    return _number_from_match(token)
+
+
+def _atof(text: str) -> float:
+    """C's atof(): skip leading whitespace, read the longest number prefix.
+
+    Returns 0.0 when no number starts there, exactly as C does.
+    """
+    stripped = text.lstrip(_C_WHITESPACE)
+    match = _NUMBER.match(stripped)
+    if match is None:
+        return 0.0
+    return _number_from_match(match.group(0))
+
+
+def _read_bytes(path) -> bytes:
+    """Return the whole content of ``path``, or raise InputError naming it."""
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise InputError(f"cannot read {name}: {exc.strerror or exc}") from None
+
+
+def _read_lines(path) -> list[str]:
+    """Return the lines of a text file without their line endings.
+
+    Undecodable bytes become U+FFFD so that they surface as a "not a number"
+    error on their own line instead of an obscure decoding error.
+    """
+    text = _read_bytes(path).decode("utf-8", errors="replace")
+    # Split on '\n' only (str.splitlines would also split on form feeds and
+    # other rare separators and so shift the line numbers in messages).
+    lines = [line.rstrip("\r") for line in text.split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def _remove_quietly(path: str) -> None:
+    """Delete ``path`` if it exists; used to clean up failed writes."""
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _atomic_write(path, chunks: Iterable[bytes]) -> None:
+    """Write ``chunks`` to ``path`` so that readers never see a partial file.
+
+    The data go to a temporary file in the same directory (so that the final
+    rename stays on one file system) which then replaces ``path`` in one step.
+    """
+    name = os.fspath(path)
+    temporary = f"{name}.tmp-{os.getpid()}"
+    try:
+        with open(temporary, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+        os.replace(temporary, name)
+    except BaseException as exc:
+        _remove_quietly(temporary)
+        if isinstance(exc, OSError):
+            raise InputError(f"cannot write {name}: {exc.strerror or exc}") from None
+        raise
+
+
+def check_writable(path) -> None:
+    """Raise InputError unless a file could be created at ``path``.
+
+    Meant to be called on every output name before a long simulation, so that
+    a typo in a directory name fails in a second rather than after an hour.
+    """
+    name = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(name))
+    if not os.path.isdir(directory):
+        raise InputError(f"cannot write {name}: directory {directory} does not exist")
+    if os.path.isdir(name):
+        raise InputError(f"cannot write {name}: it is a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {name}: directory {directory} is not writable")
+
+
+# ---------------------------------------------------------------------------
+# Structure factors: HKL text files and the Fdump.bin cache
+# ---------------------------------------------------------------------------
+
+# Guard against a typo such as "1e9 0 0 1" asking for a grid of absurd size.
+_MAX_GRID_ENTRIES = 1 << 31
+
+
+@dataclass
+class HKLTable:
+    """Structure factors on a dense Miller-index grid, laid out like C's Fhkl.
+
+    ``values[h - h_min, k - k_min, l - l_min]`` is the structure factor
+    amplitude |F| (electrons, dimensionless) of reflection (h, k, l).  Each
+    axis has one extra slot at its end (index ``h_max - h_min + 1`` etc.):
+    C allocates ``range + 1`` entries per axis and the padding stays 0.  The
+    array is float64 with shape ``(h_range + 1, k_range + 1, l_range + 1)``
+    where ``h_range = h_max - h_min + 1``.
+
+    ``count`` is the number of reflections read (for an Fdump file, as in C,
+    the number of grid points ``h_range * k_range * l_range``).  ``warnings``
+    holds messages about the input, such as non-integer indices.  ``given``
+    marks the grid points the file supplied; :func:`fill_default` sets the
+    others.
+    """
+
+    h_min: int
+    h_max: int
+    k_min: int
+    k_max: int
+    l_min: int
+    l_max: int
+    values: np.ndarray
+    count: int
+    warnings: list[str] = field(default_factory=list)
+    given: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        expected = self.shape
+        if self.values.shape != expected:
+            raise ValueError(f"HKLTable values have shape {self.values.shape}, expected {expected}")
+        if self.given is None:
+            # Without other information every real (non-padding) slot counts as given.
+            self.given = np.zeros(expected, dtype=bool)
+            self.given[:-1, :-1, :-1] = True
+
+    @property
+    def h_range(self) -> int:
+        """Number of distinct h values covered, h_max - h_min + 1 (C's h_range)."""
+        return self.h_max - self.h_min + 1
+
+    @property
+    def k_range(self) -> int:
+        """Number of distinct k values covered, k_max - k_min + 1 (C's k_range)."""
+        return self.k_max - self.k_min + 1
+
+    @property
+    def l_range(self) -> int:
+        """Number of distinct l values covered, l_max - l_min + 1 (C's l_range)."""
+        return self.l_max - self.l_min + 1
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Shape of :attr:`values`, padding slot included on every axis."""
+        return (self.h_range + 1, self.k_range + 1, self.l_range + 1)
+
+
+def _nearest_index(value: float, axis: str, lineno: int, warnings: list[str]) -> int:
+    """Round a Miller index read as a real number to the nearest integer.
+
+    C tests ``x != ceil(x - 0.4)``, which is true for every non-integer, and
+    prints the warning reproduced here.  (C's own second pass would then stop
+    reading at such a line; we use the nearest integer instead.)
+    """
+    if value != math.ceil(value - 0.4):
+        warnings.append("WARNING: non-integer value for %s (%g) at line %d" % (axis, value, lineno))
+    return math.floor(value + 0.5)
+
+
+def _parse_hkl_line(tokens: list[str], name: str, lineno: int, warnings: list[str]):
+    """Turn the tokens of one HKL data line into (h, k, l, F)."""
+    if len(tokens) < 4:
+        raise InputError(f"{name}:{lineno}: expected 'h k l F', found {len(tokens)} value(s)")
+    numbers_read = []
+    for token in tokens[:4]:  # extra columns (sigma, phase, ...) are ignored on purpose
+        value = _parse_number(token)
+        if value is None:
+            raise InputError(f"{name}:{lineno}: '{token}' is not a number")
+        numbers_read.append(value)
+    h, k, l, amplitude = numbers_read
+    if not all(math.isfinite(x) for x in (h, k, l)):
+        raise InputError(f"{name}:{lineno}: Miller indices must be finite numbers")
+    indices = [_nearest_index(x, axis, lineno, warnings) for x, axis in zip((h, k, l), "hkl")]
+    return indices[0], indices[1], indices[2], amplitude
+
+
+def read_hkl(path) -> HKLTable:
+    """Read an HKL text file into a dense :class:`HKLTable`.
+
+    Each data line holds at least four numbers ``h k l F`` (F is the
+    structure factor amplitude); further columns are ignored.  Blank lines and
+    lines starting with '#' are skipped.  When a reflection appears twice the
+    later line wins, as in C.  Entries the file does not list stay 0; use
+    :func:`fill_default` to give them C's ``-default_F`` value.
+    """
+    name = os.fspath(path)
+    warnings: list[str] = []
+    rows = []
+    for lineno, line in enumerate(_read_lines(path), start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        rows.append(_parse_hkl_line(text.split(), name, lineno, warnings))
+    if not rows:
+        raise InputError(f"{name}: no reflections found (expected lines of 'h k l F')")
+
+    hkl = np.array([row[:3] for row in rows], dtype=np.int64)
+    amplitudes = np.array([row[3] for row in rows], dtype=np.float64)
+    lows = hkl.min(axis=0)
+    highs = hkl.max(axis=0)
+    shape = tuple(int(n) for n in highs - lows + 2)  # range + 1 padding slot per axis
+    if math.prod(shape) > _MAX_GRID_ENTRIES:
+        raise InputError(f"{name}: Miller index range {lows.tolist()}..{highs.tolist()} is too large")
+
+    values = np.zeros(shape, dtype=np.float64)
+    given = np.zeros(shape, dtype=bool)
+    flat = np.ravel_multi_index(tuple((hkl - lows).T), shape)
+    # Keep the last occurrence of each reflection: C overwrites as it reads.
+    _, first_in_reversed = np.unique(flat[::-1], return_index=True)
+    keep = len(flat) - 1 - first_in_reversed
+    values.flat[flat[keep]] = amplitudes[keep]
+    given.flat[flat[keep]] = True
+
+    return HKLTable(
+        h_min=int(lows[0]), h_max=int(highs[0]),
+        k_min=int(lows[1]), k_max=int(highs[1]),
+        l_min=int(lows[2]), l_max=int(highs[2]),
+        values=values, count=len(rows), warnings=warnings, given=given,
+    )
+
+
+def fill_default(table: HKLTable, default_F: float) -> HKLTable:
+    """Give every grid point the file did not list the amplitude ``default_F``.
+
+    C initialises all real (non-padding) entries to default_F before reading
+    the file; the padding slots at the end of each axis stay 0.  Modifies
+    ``table`` in place and returns it for convenience.
+    """
+    missing = ~table.given
+    missing[-1, :, :] = False
+    missing[:, -1, :] = False
+    missing[:, :, -1] = False
+    table.values[missing] = default_F
+    return table
+
+
+def _fdump_header(table: HKLTable) -> bytes:
+    """The ASCII header C writes in front of the Fdump grid: ranges, newline, form feed."""
+    limits = (table.h_min, table.h_max, table.k_min, table.k_max, table.l_min, table.l_max)
+    return ("%d %d %d %d %d %d\n\f" % limits).encode("ascii")
+
+
+def write_fdump(path, table: HKLTable) -> None:
+    """Write ``table`` in C's Fdump.bin layout.
+
+    Layout: the header ``"h_min h_max k_min k_max l_min l_max\\n\\f"`` followed
+    by the whole padded grid as little-endian float64, h slowest and l fastest,
+    (h_range+1)*(k_range+1)*(l_range+1) values.
+    """
+    grid = np.ascontiguousarray(table.values, dtype="<f8")
+    _atomic_write(path, [_fdump_header(table), grid.tobytes(order="C")])
+
+
+def read_fdump(path) -> HKLTable:
+    """Read a structure-factor grid written by :func:`write_fdump` or by C.
+
+    Raises InputError when the header is malformed or when the number of bytes
+    after it is not exactly the size of the grid it announces.
+    """
+    name = os.fspath(path)
+    raw = _read_bytes(path)
+    end_of_header = raw.find(b"\n", 0, 256)
+    if end_of_header < 0:
+        raise InputError(f"{name}: not an Fdump file (no header line with six index limits)")
+    fields_text = raw[:end_of_header].decode("ascii", errors="replace").split()
+    limits = [_parse_number(token) for token in fields_text]
+    if len(limits) != 6 or any(x is None or not math.isfinite(x) or x != int(x) for x in limits):
+        raise InputError(f"{name}: not an Fdump file (header must be six integers, got {fields_text!r})")
+    h_min, h_max, k_min, k_max, l_min, l_max = (int(x) for x in limits)
+    if h_max < h_min or k_max < k_min or l_max < l_min:
+        raise InputError(f"{name}: Fdump header has a maximum index below its minimum")
+
+    start = end_of_header + 1
+    if raw[start:start + 1] == b"\f":  # C writes a form feed after the newline
+        start += 1
+    shape = (h_max - h_min + 2, k_max - k_min + 2, l_max - l_min + 2)
+    expected_bytes = math.prod(shape) * 8
+    found_bytes = len(raw) - start
+    if found_bytes != expected_bytes:
+        state = "truncated" if found_bytes < expected_bytes else "too long"
+        raise InputError(
+            f"{name}: Fdump file {state}: header announces {math.prod(shape)} float64 values "
+            f"({expected_bytes} bytes) but {found_bytes} bytes follow")
+    values = np.frombuffer(raw, dtype="<f8", count=math.prod(shape), offset=start)
+    values = values.reshape(shape).astype(np.float64)  # native-order, writable copy
+    count = (h_max - h_min + 1) * (k_max - k_min + 1) * (l_max - l_min + 1)
+    return HKLTable(h_min, h_max, k_min, k_max, l_min, l_max, values=values, count=count)
+
+
+# ---------------------------------------------------------------------------
+# MOSFLM orientation matrix
+# ---------------------------------------------------------------------------
+
+def read_mosflm_matrix(path) -> np.ndarray:
+    """Read the orientation part of a MOSFLM matrix file.
+
+    Returns the first nine numbers of the file as a 3x3 float64 array of
+    rows, exactly as written.  Column j is the j-th reciprocal cell vector
+    (a*, b*, c*) multiplied by the wavelength, so the entries are
+    dimensionless (Angstrom^-1 times Angstrom); divide by the wavelength in
+    Angstrom to get a*, b*, c* in Angstrom^-1.  Line structure does not
+    matter; anything after the ninth number (MOSFLM's U matrix and cell) is
+    ignored.
+    """
+    name = os.fspath(path)
+    found: list[float] = []
+    for lineno, line in enumerate(_read_lines(path), start=1):
+        for token in line.split():
+            value = _parse_number(token)
+            if value is None:
+                raise InputError(f"{name}:{lineno}: '{token}' is not a number")
+            found.append(value)
+            if len(found) == 9:
+                return np.array(found, dtype=np.float64).reshape(3, 3)
+    raise InputError(f"{name}: expected nine numbers for the orientation matrix, found {len(found)}")
+
+
+# ---------------------------------------------------------------------------
+# Source lists
+# ---------------------------------------------------------------------------
+
+# Column separators of C's read_text_file(); '\r' is added so that files with
+# Windows line endings read the same.
+_SOURCE_DELIMITERS = re.compile(r"[ \t,;:!\r]+")
+_SOURCE_COLUMNS = 5
+
+
+def read_source_file(path) -> np.ndarray:
+    """Read a source list: one source per line, ``X Y Z weight wavelength``.
+
+    Columns may be separated by any of `` \\t,;:!``; blank lines are skipped.
+    A line may hold fewer than five values: the missing ones are NaN, which
+    the caller replaces with defaults (position along the beam, weight 1,
+    the nominal wavelength).  Values past the fifth are ignored.  Units are
+    those of the command line: X Y Z in metres, wavelength in metres.
+
+    Returns a float64 array of shape (number of sources, 5).
+    """
+    name = os.fspath(path)
+    rows = []
+    for lineno, line in enumerate(_read_lines(path), start=1):
+        tokens = [t for t in _SOURCE_DELIMITERS.split(line) if t]
+        if not tokens:
+            continue
+        row = [math.nan] * _SOURCE_COLUMNS
+        for column, token in enumerate(tokens[:_SOURCE_COLUMNS]):
+            value = _parse_number(token)
+            if value is None:
+                # C's atof() would quietly read 0 here; a typo deserves an error.
+                raise InputError(f"{name}:{lineno}: '{token}' is not a number")
+            row[column] = value
+        rows.append(row)
+    if not rows:
+        raise InputError(f"{name}: no sources found (the file has no data lines)")
+    return np.array(rows, dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------
+# SMV images
+# ---------------------------------------------------------------------------
+
+# What C checks before accepting a file as SMV (the first 12 bytes).
+_SMV_MAGIC = b"{\nHEADER_BYT"
+# Keys whose line C ends without the usual ';'.
+_KEYS_WITHOUT_SEMICOLON = frozenset({"DIALS_ORIGIN"})
+
+
+@dataclass
+class SMVImage:
+    """An SMV image as read by :func:`read_smv`.
+
+    ``header`` is the header text (its first ``header_bytes`` bytes, up to any
+    NUL byte).  ``width`` is SIZE1 (fast pixels), ``height`` is SIZE2 (slow
+    pixels).  ``data`` is a uint16 array of shape (height, width) in native
+    byte order; ``byte_order`` is what the header declared.
+    """
+
+    path: str
+    header: str
+    header_bytes: int
+    width: int
+    height: int
+    byte_order: str
+    data: np.ndarray
+
+    def value(self, keyword: str) -> float | None:
+        """Number after ``keyword`` in the header, by C's ValueOf() rule.
+
+        C finds the LAST place where ``keyword`` occurs as a substring, moves
+        to the next '=' and reads a number there with atof().  Consequences
+        kept on purpose: "ORGX" finds "XDS_ORGX", and "DISTANCE" finds
+        "CLOSE_DISTANCE" when that comes later.  Returns None when the keyword
+        does not occur (C: NaN), 0.0 when no '=' follows it or no number
+        follows the '='.
+        """
+        return _value_of(self.header, keyword)
+
+    def entries(self) -> dict[str, str]:
+        """All ``KEY=value`` lines of the header as exact key -> raw text.
+
+        Unlike :meth:`value` this matches whole keys; trailing ';' and
+        surrounding blanks are removed from the values.
+        """
+        found = {}
+        for line in self.header.split("\n"):
+            key, sep, rest = line.partition("=")
+            if sep:
+                found[key.strip()] = rest.strip().rstrip(";").strip()
+        return found
+
+
+def _value_of(header: str, keyword: str) -> float | None:
+    """C's ValueOf(): see :meth:`SMVImage.value`."""
+    position = header.rfind(keyword)
+    if position < 0 or not keyword:
+        return None
+    equals = header.find("=", position + len(keyword))
+    if equals < 0:
+        return 0.0
+    return _atof(header[equals + 1:])
+
+
+def _smv_dimension(value: float | None) -> int:
+    """C's (int) cast of a header number; invalid values become 0."""
+    if value is None or not math.isfinite(value):
+        return 0
+    return int(value)  # truncates toward zero, like C
+
+
+def read_smv(path) -> SMVImage:
+    """Read an SMV (ADSC) image: header and unsigned 16-bit pixels.
+
+    The header size comes from HEADER_BYTES, the image size from SIZE1 (fast)
+    and SIZE2 (slow), or from DETECTOR_DIMENSIONS when SIZE1 is absent or 0,
+    as in C.  Pixels are read in the byte order the header declares
+    (little_endian unless it says otherwise).  Raises InputError when the
+    file does not start like an SMV header or is shorter than header + data.
+    """
+    name = os.fspath(path)
+    raw = _read_bytes(path)
+    if not raw.startswith(_SMV_MAGIC):
+        raise InputError(f"{name}: not an SMV image (it does not start with '{{' and HEADER_BYTES)")
+    if len(raw) < SMV_HEADER_BYTES:
+        raise InputError(f"{name}: SMV file truncated: {len(raw)} bytes, shorter than a "
+                         f"{SMV_HEADER_BYTES}-byte header")
+
+    first_block = raw[:SMV_HEADER_BYTES].split(b"\0", 1)[0].decode("latin-1")
+    header_bytes = _smv_dimension(_value_of(first_block, "HEADER_BYTES"))
+    if header_bytes <= 0:
+        raise InputError(f"{name}: SMV header has no valid HEADER_BYTES")
+    if len(raw) < header_bytes:
+        raise InputError(f"{name}: SMV file truncated: {len(raw)} bytes, header alone needs {header_bytes}")
+    header = raw[:header_bytes].split(b"\0", 1)[0].decode("latin-1")
+
+    width = _smv_dimension(_value_of(header, "SIZE1"))
+    height = _smv_dimension(_value_of(header, "SIZE2"))
+    if width == 0:
+        width = height = _smv_dimension(_value_of(header, "DETECTOR_DIMENSIONS"))
+    if width <= 0 or height <= 0:
+        raise InputError(f"{name}: SMV header has no valid SIZE1/SIZE2 (got {width} x {height})")
+
+    byte_order = _declared_byte_order(header)
+    needed = header_bytes + 2 * width * height
+    if len(raw) < needed:
+        raise InputError(f"{name}: SMV file truncated: {len(raw)} bytes, header and "
+                         f"{width}x{height} pixels need {needed}")
+    dtype = "<u2" if byte_order.startswith("little_end") else ">u2"
+    pixels = np.frombuffer(raw, dtype=dtype, count=width * height, offset=header_bytes)
+    data = pixels.reshape(height, width).astype(np.uint16)
+    return SMVImage(name, header, header_bytes, width, height, byte_order, data)
+
+
+def _declared_byte_order(header: str) -> str:
+    """The word after the last BYTE_ORDER= in the header ("little_endian" if none).
+
+    C compares only its first 10 characters with the machine's order.
+    """
+    position = header.rfind("BYTE_ORDER=")
+    if position < 0:
+        return "little_endian"
+    rest = header[position + len("BYTE_ORDER="):]
+    return re.split(r"[;\s]", rest, maxsplit=1)[0]
+
+
+def smv_header_fields(fpixels: int, spixels: int, pixel_size_mm: float, distance_mm: float,
+                      wavelength_A: float, beam_center_x_mm: float, beam_center_y_mm: float,
+                      adxv_x: float, adxv_y: float, mosflm_x: float, mosflm_y: float,
+                      denzo_x: float, denzo_y: float, dials_origin: Sequence[float],
+                      orgx: float, orgy: float, close_distance_mm: float, phi_deg: float,
+                      osc_deg: float, twotheta_deg: float) -> list[tuple[str, object]]:
+    """The (key, value) pairs of C's SMV header, in C's order.
+
+    All numbers must already be in header units: millimetres for lengths and
+    beam centres (adxv/mosflm/denzo included), Angstrom for the wavelength,
+    pixels for XDS_ORGX/ORGY, degrees for angles; ``dials_origin`` is three
+    numbers in mm.  OSC_START repeats PHI, as in C.  Pixel counts are written
+    with %d, everything else with %g.
+    """
+    return [
+        ("HEADER_BYTES", str(SMV_HEADER_BYTES)),
+        ("DIM", "2"),
+        ("BYTE_ORDER", "little_endian"),
+        ("TYPE", "unsigned_short"),
+        ("SIZE1", int(fpixels)),
+        ("SIZE2", int(spixels)),
+        ("PIXEL_SIZE", float(pixel_size_mm)),
+        ("DISTANCE", float(distance_mm)),
+        ("WAVELENGTH", float(wavelength_A)),
+        ("BEAM_CENTER_X", float(beam_center_x_mm)),
+        ("BEAM_CENTER_Y", float(beam_center_y_mm)),
+        ("ADXV_CENTER_X", float(adxv_x)),
+        ("ADXV_CENTER_Y", float(adxv_y)),
+        ("MOSFLM_CENTER_X", float(mosflm_x)),
+        ("MOSFLM_CENTER_Y", float(mosflm_y)),
+        ("DENZO_X_BEAM", float(denzo_x)),
+        ("DENZO_Y_BEAM", float(denzo_y)),
+        ("DIALS_ORIGIN", tuple(float(x) for x in dials_origin)),
+        ("XDS_ORGX", float(orgx)),
+        ("XDS_ORGY", float(orgy)),
+        ("CLOSE_DISTANCE", float(close_distance_mm)),
+        ("PHI", float(phi_deg)),
+        ("OSC_START", float(phi_deg)),
+        ("OSC_RANGE", float(osc_deg)),
+        ("TWOTHETA", float(twotheta_deg)),
+        ("DETECTOR_SN", "000"),
+        ("BEAMLINE", "fake"),
+    ]
+
+
+def _format_smv_value(value) -> str:
+    """Text of one header value: strings verbatim, integers %d, reals %g, sequences comma-joined %g."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Integral):
+        return "%d" % value
+    if isinstance(value, numbers.Real):
+        return "%g" % float(value)
+    return ",".join("%g" % float(x) for x in value)
+
+
+def format_smv_header(fields) -> bytes:
+    """The SMV header for ``fields``: "{\\n", one "KEY=value;\\n" per field, "}\\f", space padded.
+
+    ``fields`` is a sequence of (key, value) pairs or a mapping, in output
+    order.  As in C, the DIALS_ORIGIN line has no ';'.  The result is exactly
+    512 bytes; a longer header is a programming error (ValueError).
+    """
+    pairs = fields.items() if hasattr(fields, "items") else fields
+    lines = ["{\n"]
+    for key, value in pairs:
+        end = "\n" if key in _KEYS_WITHOUT_SEMICOLON else ";\n"
+        lines.append(f"{key}={_format_smv_value(value)}{end}")
+    lines.append("}\f")
+    text = "".join(lines).encode("ascii")
+    if len(text) > SMV_HEADER_BYTES:
+        raise ValueError(f"SMV header needs {len(text)} bytes, more than {SMV_HEADER_BYTES}")
+    return text.ljust(SMV_HEADER_BYTES, b" ")
+
+
+def write_smv(path, image_uint16: np.ndarray, header_fields) -> None:
+    """Write an SMV image: the 512-byte header, then little-endian uint16 pixels.
+
+    ``image_uint16`` has shape (slow, fast) = (SIZE2, SIZE1), fast index
+    varying fastest in the file; ``header_fields`` is as for
+    :func:`format_smv_header` (usually from :func:`smv_header_fields`).
+    """
+    image = np.asarray(image_uint16)
+    if image.dtype != np.uint16 or image.ndim != 2:
+        raise ValueError(f"write_smv needs a 2-D uint16 array, got {image.dtype} with shape {image.shape}")
+    pairs = dict(header_fields.items() if hasattr(header_fields, "items") else header_fields)
+    declared = (pairs.get("SIZE2", image.shape[0]), pairs.get("SIZE1", image.shape[1]))
+    if tuple(int(n) for n in declared) != image.shape:
+        raise ValueError(f"SMV header says {declared[1]}x{declared[0]} pixels but the image has shape {image.shape}")
+    header = format_smv_header(header_fields)
+    _atomic_write(path, [header, np.ascontiguousarray(image, dtype="<u2").tobytes()])
+
+
+# ---------------------------------------------------------------------------
+# PGM preview and raw float image
+# ---------------------------------------------------------------------------
+
+def write_pgm(path, image_uint8: np.ndarray, pgm_scale: float) -> None:
+    """Write an 8-bit binary PGM ("P5") preview as C does.
+
+    ``image_uint8`` has shape (slow, fast); the header records width = fast
+    pixels, height = slow pixels and, in a comment, the scale factor that
+    turned photons into grey levels.
+    """
+    image = np.asarray(image_uint8)
+    if image.dtype != np.uint8 or image.ndim != 2:
+        raise ValueError(f"write_pgm needs a 2-D uint8 array, got {image.dtype} with shape {image.shape}")
+    height, width = image.shape
+    header = "P5\n%d %d\n# pixels scaled by %g\n255\n" % (width, height, pgm_scale)
+    _atomic_write(path, [header.encode("ascii"), np.ascontiguousarray(image).tobytes()])
+
+
+def write_float_image(path, image: np.ndarray) -> None:
+    """Write pixel values as raw little-endian float32, fast index fastest.
+
+    ``image`` has shape (slow, fast) (any shape is flattened in C order);
+    values are photons per pixel.  There is no header.
+    """
+    data = np.ascontiguousarray(image, dtype="<f4")
+    _atomic_write(path, [data.tobytes(order="C")])

@@ -1,0 +1,212 @@
+"""One simulation run: config in, statistics printed, image files written.
+
+This is the part of the command line that sits between parsing and the
+engines: it builds the scene, calls the chosen engine for the float image,
+then derives the int, PGM and noise images exactly as the C program does.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from reference import fileio
+from reference.config import Config
+from reference.errors import InputError
+from reference.flags import RTD
+from reference.scene import Scene, build_scene
+
+
+def _outputs(cfg: Config):
+    files = [cfg.floatfile, cfg.intfile]
+    if cfg.write_pgm:
+        files.append(cfg.pgmfile)
+    if cfg.calculate_noise:
+        files.append(cfg.noisefile)
+    return files
+
+
+def active_roi(sc: Scene) -> np.ndarray:
+    """Pixels inside the ROI (inclusive bounds), whatever the mask says."""
+    xmin, xmax, ymin, ymax = sc.roi
+    f = np.arange(sc.fpixels)
+    s = np.arange(sc.spixels)
+    return ((f >= xmin) & (f <= xmax))[None, :] & ((s >= ymin) & (s <= ymax))[:, None]
+
+
+def render_float_image(sc: Scene, progress: bool):
+    """The float image from the engine the config names."""
+    cfg = sc.cfg
+    if cfg.engine == "torch":
+        try:
+            from torchsim.engine import render as torch_render
+        except ImportError as exc:
+            raise InputError(f"the torch engine is not available: {exc}") from None
+        return torch_render(sc, progress=progress)
+    from reference.render import render
+    return render(sc, progress=progress)
+
+
+def statistics(sc: Scene, image: np.ndarray):
+    """C's max, mean, rms and rmsd over the rendered pixels."""
+    roi = active_roi(sc)
+    rendered = roi if sc.cfg.mask_image is None else roi & (sc.cfg.mask_image != 0)
+    values = image[rendered].astype(np.float64)
+    max_I, max_x, max_y = 0.0, 0.0, 0.0
+    if values.size and values.max() > 0.0:
+        idx = np.flatnonzero(rendered.ravel())[int(np.argmax(values))]
+        spixel, fpixel = divmod(int(idx), sc.fpixels)
+        max_I = float(values.max())
+        sub = sc.pixel_size / sc.oversample
+        last = sc.oversample - 1
+        max_x = sub * (fpixel * sc.oversample + last) + sub / 2.0
+        max_y = sub * (spixel * sc.oversample + last) + sub / 2.0
+    n = max(values.size, 1)
+    avg = float(values.sum()) / n
+    n_rms = n if n > 1 else 2
+    rms = math.sqrt(float((values * values).sum()) / (n_rms - 1))
+    in_roi = image[roi].astype(np.float64)
+    n_roi = in_roi.size if in_roi.size > 1 else 2
+    rmsd = math.sqrt(float(((in_roi - avg) ** 2).sum()) / (n_roi - 1))
+    return max_I, max_x, max_y, avg, rms, rmsd
+
+
+def int_image(sc: Scene, image: np.ndarray, scale: float, roi: np.ndarray) -> np.ndarray:
+    """Scaled, offset, clipped and rounded 16-bit image (C rounds via float)."""
+    test = image.astype(np.float64) * scale + sc.cfg.adc_offset
+    test = np.clip(test, 0.0, 65535.0)
+    rounded = np.floor((test + 0.5).astype(np.float32))
+    return np.where(roi, rounded, 0).astype(np.uint16)
+
+
+def pgm_image(image: np.ndarray, scale: float, roi: np.ndarray) -> np.ndarray:
+    test = np.minimum(image.astype(np.float64) * scale, 255.0)
+    test = np.clip(test, 0.0, 255.0)
+    return np.where(roi, np.trunc(test), 0).astype(np.uint8)
+
+
+def header_fields(sc: Scene):
+    px = sc.pixel_size
+    return fileio.smv_header_fields(
+        sc.fpixels, sc.spixels, px * 1000.0, sc.distance * 1000.0, sc.lambda0 * 1e10,
+        sc.Xbeam * 1000.0, sc.Ybeam * 1000, sc.Fbeam * 1000.0, (sc.detsize_s - sc.Sbeam) * 1000,
+        (sc.Sbeam - 0.5 * px) * 1000.0, (sc.Fbeam - 0.5 * px) * 1000, (sc.Sbeam - 0.0 * px) * 1000.0,
+        (sc.Fbeam - 0.0 * px) * 1000, sc.dials_origin, sc.ORGX, sc.ORGY, sc.close_distance * 1000.0,
+        sc.phi0 * RTD, sc.osc * RTD, sc.twotheta * RTD)
+
+
+def _announce_replacement(path, log):
+    if os.path.exists(path):
+        log(f"note: replacing existing file {path}")
+
+
+def run(cfg: Config, echo: bool = True):
+    """Run the whole simulation described by ``cfg``; returns (scene, float image)."""
+    def log(text=""):
+        if echo:
+            print(text)
+
+    for path in _outputs(cfg):
+        fileio.check_writable(path)
+    sc = build_scene(cfg, echo=echo)
+    progress = cfg.progress and not cfg.printout and echo
+    result = render_float_image(sc, progress)
+    image = result.image
+    if result.oob_warning is not None:
+        log("WARNING: out of range for three point interpolation: h,k,l,h0,k0,l0: %g,%g,%g,%d,%d,%d "
+            % result.oob_warning)
+        log("WARNING: further warnings will not be printed! ")
+    if cfg.trace_pixel is not None:
+        print_trace(sc, *cfg.trace_pixel)
+    if cfg.printout:
+        print_printout(sc, image)
+    log("")
+    log("solid angle subtended by detector = %g steradian ( %g%% sphere)"
+        % (result.omega_sum / sc.steps, 100 * result.omega_sum / sc.steps / 4 / math.pi))
+
+    roi = active_roi(sc)
+    max_I, max_x, max_y, avg, rms, rmsd = statistics(sc, image)
+    _announce_replacement(cfg.floatfile, log)
+    log("writing %s as %d %d-byte floats" % (cfg.floatfile, sc.fpixels * sc.spixels, 4))
+    fileio.write_float_image(cfg.floatfile, image)
+    log("max_I = %g  at %g %g" % (max_I, max_x, max_y))
+    log("mean= %g rms= %g rmsd= %g" % (avg, rms, rmsd))
+    scale = cfg.intfile_scale
+    if scale <= 0.0:
+        scale = 55000.0 / max_I if max_I > 0.0 else 1.0
+    log("intfile_scale = %g" % scale)
+    header = header_fields(sc)
+    _announce_replacement(cfg.intfile, log)
+    log("writing %s as %d-byte integers" % (cfg.intfile, 2))
+    fileio.write_smv(cfg.intfile, int_image(sc, image, scale, roi), header)
+
+    if cfg.write_pgm:
+        pgm_scale = cfg.pgm_scale
+        if pgm_scale <= 0.0:
+            pgm_scale = 250.0 / (5.0 * rmsd) if rmsd > 0.0 else scale
+        log("pgm_scale = %g" % pgm_scale)
+        _announce_replacement(cfg.pgmfile, log)
+        log("writing %s as %d-byte integers" % (cfg.pgmfile, 1))
+        fileio.write_pgm(cfg.pgmfile, pgm_image(image, pgm_scale, roi), pgm_scale)
+
+    if cfg.calculate_noise:
+        from reference import rng
+        noisy, photons, overloads = rng.noise_image(image, roi, sc.seed, cfg.adc_offset)
+        log("%.0f photons on noise image (%d overloads)" % (photons, overloads))
+        _announce_replacement(cfg.noisefile, log)
+        log("writing %s as %d-byte integers" % (cfg.noisefile, 2))
+        fileio.write_smv(cfg.noisefile, noisy, header)
+    return sc, image
+
+
+UNITS = {"pixel_pos": "m", "diffracted": "unit", "scattering": "1/m", "stol": "1/m", "h": "", "k": "", "l": "",
+         "F_latt": "", "F_cell": "electrons", "omega": "sr", "polar": "", "capture_fraction": "",
+         "I_sum": "electrons^2", "pixel_value": "photons", "airpath": "m", "lambda": "m"}
+
+
+def print_trace(sc: Scene, spixel: int, fpixel: int):
+    """Print every intermediate of one pixel (``-trace_pixel slow fast``)."""
+    if not (0 <= spixel < sc.spixels and 0 <= fpixel < sc.fpixels):
+        raise InputError(f"-trace_pixel {spixel} {fpixel} is outside the {sc.fpixels}x{sc.spixels} detector")
+    if sc.cfg.engine == "torch":
+        from torchsim.engine import trace_pixel
+    else:
+        from reference.render import trace_pixel
+    values = trace_pixel(sc, spixel, fpixel)
+    print(f"TRACE pixel slow={spixel} fast={fpixel} engine={sc.cfg.engine}")
+    for name, value in values.items():
+        base = name.rsplit("_", 1)[0] if name[-2:] in ("_x", "_y", "_z") else name
+        unit = UNITS.get(base, "m" if base in "abc" else "")
+        print("TRACE %-18s %.17g %s" % (name, value, unit))
+
+
+def print_printout(sc: Scene, image: np.ndarray):
+    """C's -printout / -printout_pixel lines for the matching pixels."""
+    from reference.render import trace_pixel
+    pf, ps = sc.cfg.printout_pixel
+    roi = active_roi(sc)
+    for spixel in range(sc.spixels):
+        for fpixel in range(sc.fpixels):
+            if not roi[spixel, fpixel] or not ((fpixel == pf and spixel == ps) or pf < 0):
+                continue
+            if sc.cfg.mask_image is not None and sc.cfg.mask_image[spixel, fpixel] == 0:
+                continue
+            t = trace_pixel(sc, spixel, fpixel)
+            x, y, z = t["pixel_pos_x"], t["pixel_pos_y"], t["pixel_pos_z"]
+            twotheta = math.atan2(math.sqrt(y * y + z * z), x)
+            print("%4d %4d : stol = %g or %g" % (fpixel, spixel, t["stol"], math.sin(twotheta / 2.0) / (sc.lambda0 * 1e10)))
+            print("at %g %g %g" % (x, y, z))
+            print("hkl= %f %f %f  hkl0= %d %d %d" % (t["h"], t["k"], t["l"], t["h0"], t["k0"], t["l0"]))
+            print(" F_cell=%g  F_latt=%g   I = %g" % (t["F_cell"], t["F_latt"], t["I_sum"]))
+            print("I/steps %15.10g" % (t["I_sum"] / sc.steps))
+            print("polar   %15.10g" % t["polar"])
+            print("omega   %15.10g" % t["omega"])
+            print("capfrac %15.10g" % t["capture_fraction"])
+            print("pixel   %15.10g" % image[spixel, fpixel])
+            print("real-space cell vectors (Angstrom):")
+            print("     %-10s  %-10s  %-10s" % ("a", "b", "c"))
+            for j, axis in enumerate("XYZ"):
+                print("%s: %11.8f %11.8f %11.8f" % (axis, t[f"a_{'xyz'[j]}"] * 1e10, t[f"b_{'xyz'[j]}"] * 1e10,
+                                                   t[f"c_{'xyz'[j]}"] * 1e10))

@@ -1,0 +1,567 @@
+"""From a :class:`Config` to a fully derived scene: detector, crystal, sources.
+
+This is the set-up stage of the C program, step for step and in its order:
+sampling auto-selection, detector conventions and pivots, the unit cell and
+its orientation, crystal size, structure factors, sources and mosaic domains.
+It prints the same summary the C program prints so that users can compare.
+All lengths are metres, angles radians, reciprocal lengths per metre unless
+a name says otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from reference import vectors as V
+from reference.config import Config
+from reference.errors import InputError
+from reference.flags import RTD
+
+AVOGADRO = 6.02214179e23
+R_E_SQR = 7.94079248018965e-30          # Thomson cross section (m^2)
+WATER_F = 2.57                          # forward structure factor of water
+WATER_MW = 18.0
+SOURCE_DISTANCE = 10.0                  # m, for generated sources
+DBL_MIN = 2.2250738585072014e-308
+SHAPE_CODE = {"square": 0, "round": 1, "gauss": 2, "tophat": 3}
+
+
+@dataclass
+class Scene:
+    """Every derived quantity the kernel and the outputs need."""
+
+    cfg: Config
+    parity: bool
+    # detector
+    fpixels: int = 0
+    spixels: int = 0
+    pixel_size: float = 0.0
+    detsize_f: float = 0.0
+    detsize_s: float = 0.0
+    distance: float = 0.0
+    close_distance: float = 0.0
+    fdet: tuple = ()
+    sdet: tuple = ()
+    odet: tuple = ()
+    beam: tuple = ()
+    polar_vector: tuple = ()
+    spindle: tuple = ()
+    pix0: tuple = ()
+    Xbeam: float = 0.0
+    Ybeam: float = 0.0
+    Fbeam: float = 0.0
+    Sbeam: float = 0.0
+    Xclose: float = 0.0
+    Yclose: float = 0.0
+    Fclose: float = 0.0
+    Sclose: float = 0.0
+    ORGX: float = 0.0
+    ORGY: float = 0.0
+    dials_origin: tuple = ()
+    twotheta: float = 0.0
+    roi: tuple = ()
+    thick: float = 0.0
+    thickstep: float = 0.0
+    thicksteps: int = 1
+    mu: float = 0.0
+    # crystal (direct vectors in metres, reciprocal in 1/Angstrom)
+    a0: tuple = ()
+    b0: tuple = ()
+    c0: tuple = ()
+    a_star: tuple = ()
+    b_star: tuple = ()
+    c_star: tuple = ()
+    V_cell: float = 0.0
+    Na: float = 1.0
+    Nb: float = 1.0
+    Nc: float = 1.0
+    oversample: int = 1
+    interpolate: int = 0
+    # structure factors
+    Fhkl: np.ndarray = None
+    hkl_min: tuple = (0, 0, 0)
+    hkl_max: tuple = (0, 0, 0)
+    hkls: int = 0
+    # sampling
+    phi0: float = 0.0
+    osc: float = 0.0
+    phistep: float = 0.0
+    phisteps: int = 1
+    sources: np.ndarray = None           # (n, 3) unit vectors from sample to source
+    source_lambda: np.ndarray = None     # (n,) metres
+    source_weight: np.ndarray = None     # (n,) as read or generated
+    mosaic_umats: np.ndarray = None      # (m, 9)
+    mosaic_spread: float = 0.0
+    steps: int = 1
+    fluence: float = 0.0
+    I_bg: float = 0.0
+    lambda0: float = 1e-10
+    dispersion: float = 0.0
+    divsteps: int = 1
+    hdivrange: float = 0.0
+    hdivstep: float = 0.0
+    vdivrange: float = 0.0
+    vdivstep: float = 0.0
+    seed: int = 0
+    lines: list = field(default_factory=list)
+
+
+class _Log:
+    """Collects the summary lines (C's stdout) and optionally echoes them."""
+
+    def __init__(self, echo):
+        self.echo = echo
+        self.lines = []
+
+    def __call__(self, text=""):
+        self.lines.append(text)
+        if self.echo:
+            print(text)
+
+
+def _auto_steps(steps, rng, step, user_range_default, count_from_range_minus_one=True):
+    """C's rule for (number of steps, range, step) when some are not given.
+
+    Used for divergence and dispersion; -1 (or <=0) means "not given".
+    """
+    if steps <= 0:
+        if rng < 0.0:
+            if step <= 0.0:
+                return 1, 0.0, 0.0
+            return 2, step, step
+        if step <= 0.0:
+            return 2, rng, rng
+        return math.ceil(rng / step), rng, step
+    if rng < 0.0:
+        if step <= 0.0:
+            return steps, user_range_default, user_range_default / steps
+        return 2, step, step
+    if step <= 0.0:
+        if steps <= 1:
+            steps = 2
+        return steps, rng, rng / (steps - 1)
+    return steps, rng, step
+
+
+def _phi_steps(cfg):
+    """C's rule for phi steps, oscillation range and step size."""
+    phisteps, osc, phistep = cfg.phisteps, cfg.osc, cfg.phistep
+    if phisteps < 0:
+        if osc < 0.0:
+            if phistep <= 0.0:
+                return 1, 0.0, 0.0
+            return 2, phistep, phistep
+        if phistep <= 0.0:
+            return 2, osc, osc / 2.0
+        return math.ceil(osc / phistep), osc, phistep
+    if phisteps == 0:
+        phisteps = 1
+    if osc < 0.0:
+        if phistep <= 0.0:
+            osc = 1.0 / RTD
+            return phisteps, osc, osc / phisteps
+        return 2, phistep, phistep
+    if phistep < 0.0:
+        return phisteps, osc, osc / phisteps
+    return phisteps, osc, phistep
+
+
+def _thickness(cfg, parity):
+    """Sensor layers: (layers, thickness, layer spacing)."""
+    steps, thick, step = cfg.detector_thicksteps, cfg.detector_thick, cfg.detector_thickstep
+    if steps <= 0:
+        if thick < 0.0:
+            if step <= 0.0:
+                steps, thick, step = 1, 0.0, 0.0
+            else:
+                steps, thick = 2, step
+        elif step <= 0.0:
+            steps = 2
+            step = thick / steps
+        else:
+            steps = math.ceil(thick / step)
+    else:
+        if thick < 0.0:
+            if step <= 0.0:
+                thick = 0.5e-6
+                step = thick / steps
+            else:
+                steps, thick = 2, step
+        elif step <= 0.0:
+            if steps <= 1:
+                steps = 2
+            # C spaces the layers by thick/(steps-1), so they reach past the
+            # back of the sensor; spec mode divides the sensor evenly.
+            step = thick / (steps - 1) if parity else thick / steps
+    return steps, thick, step
+
+
+def build_scene(cfg: Config, echo: bool = True) -> Scene:
+    """Derive everything from ``cfg``; prints C's summary when ``echo``."""
+    log = _Log(echo)
+    parity = cfg.c_parity
+    sc = Scene(cfg=cfg, parity=parity)
+    _check_basic(cfg)
+
+    # ---- detector size in pixels ----
+    pixel = cfg.pixel_size
+    detsize_f, detsize_s = cfg.detsize_f, cfg.detsize_s
+    if cfg.fpixels:
+        detsize_f = pixel * cfg.fpixels
+    if cfg.spixels:
+        detsize_s = pixel * cfg.spixels
+    fpixels = math.ceil(detsize_f / pixel - 0.5)
+    spixels = math.ceil(detsize_s / pixel - 0.5)
+    if fpixels <= 0 or spixels <= 0:
+        raise InputError(f"detector has no pixels ({fpixels} x {spixels}); check -detpixels/-detsize/-pixel")
+
+    # ---- fluence and sample clipping by the beam ----
+    fluence, flux, exposure, beamsize = cfg.fluence, cfg.flux, cfg.exposure, cfg.beamsize
+    sample_x, sample_y, sample_z = cfg.sample_x, cfg.sample_y, cfg.sample_z
+    if flux != 0.0 and exposure > 0.0 and beamsize >= 0:
+        fluence = flux * exposure / beamsize / beamsize
+    if beamsize >= 0:
+        if beamsize < sample_y:
+            log("WARNING: clipping sample (%g m high) with beam (%g m)" % (sample_y, beamsize))
+            sample_y = beamsize
+        if beamsize < sample_z:
+            log("WARNING: clipping sample (%g m wide) with beam (%g m)" % (sample_z, beamsize))
+            sample_z = beamsize
+
+    # ---- beam centre defaults ----
+    nan = math.isnan
+    Fclose = (cfg.ORGX - 0.5) * pixel if not nan(cfg.ORGX) else math.nan
+    Sclose = (cfg.ORGY - 0.5) * pixel if not nan(cfg.ORGY) else math.nan
+    if nan(Fclose):
+        Fclose = (detsize_f - 0 * pixel) / 2.0
+    if nan(Sclose):
+        Sclose = (detsize_s + 0 * pixel) / 2.0
+    Xclose = Fclose if nan(cfg.Xclose) else cfg.Xclose
+    Yclose = Sclose if nan(cfg.Yclose) else cfg.Yclose
+    Fbeam, Sbeam = Fclose, Sclose
+    roi = list(cfg.roi)
+    roi[0] = 0 if roi[0] < 0 else roi[0]
+    roi[1] = fpixels if roi[1] < 0 else roi[1]
+    roi[2] = 0 if roi[2] < 0 else roi[2]
+    roi[3] = spixels if roi[3] < 0 else roi[3]
+    if roi[0] > roi[1] or roi[2] > roi[3]:
+        raise InputError("-roi is inverted: need xmin <= xmax and ymin <= ymax")
+
+    # ---- convention: detector basis, beam, axes ----
+    conv = cfg.convention
+    pivot = cfg.pivot
+    Xbeam, Ybeam = cfg.Xbeam, cfg.Ybeam
+    beam, fdet, sdet, odet = cfg.beam_vector, cfg.fdet_vector, cfg.sdet_vector, cfg.odet_vector
+    twotheta_axis, polar_v, spindle = cfg.twotheta_axis, cfg.polar_vector, cfg.spindle_vector
+    if conv == "adxv":
+        if nan(Xbeam):
+            Xbeam = (detsize_f + pixel) / 2.0
+        if nan(Ybeam):
+            Ybeam = (detsize_s - pixel) / 2.0
+        beam, fdet, sdet, odet = (0, 0, 1), (1, 0, 0), (0, -1, 0), (0, 0, 1)
+        twotheta_axis, polar_v, spindle = (-1, 0, 0), (1, 0, 0), (1, 0, 0)
+        Fbeam, Sbeam = Xbeam, detsize_s - Ybeam
+        pivot = "beam"
+    elif conv in ("mosflm", "denzo"):
+        if nan(Xbeam):
+            Xbeam = (detsize_s + pixel) / 2.0
+        if nan(Ybeam):
+            Ybeam = (detsize_f + pixel) / 2.0
+        beam, odet, fdet, sdet = (1, 0, 0), (1, 0, 0), (0, 0, 1), (0, -1, 0)
+        twotheta_axis, polar_v, spindle = (0, 0, -1), (0, 0, 1), (0, 0, 1)
+        half = 0.5 * pixel if conv == "mosflm" else 0.0 * pixel
+        Fbeam, Sbeam = Ybeam + half, Xbeam + half
+        pivot = "beam"
+    elif conv in ("xds", "dials"):
+        if nan(Xbeam):
+            Xbeam = Xclose
+        if nan(Ybeam):
+            Ybeam = Yclose
+        beam, fdet, sdet, odet = (0, 0, 1), (1, 0, 0), (0, 1, 0), (0, 0, 1)
+        if conv == "xds":
+            twotheta_axis, polar_v, spindle = (1, 0, 0), (1, 0, 0), (1, 0, 0)
+        else:
+            twotheta_axis, polar_v, spindle = (0, 1, 0), (0, 1, 0), (0, 1, 0)
+        Fbeam, Sbeam = Xbeam, Ybeam
+        pivot = "sample"
+    else:  # custom
+        if nan(Xbeam):
+            Xbeam = Xclose
+        if nan(Ybeam):
+            Ybeam = Yclose
+        Fbeam, Sbeam = Xbeam, Ybeam
+        Fclose, Sclose = Xbeam, Ybeam
+    f = lambda v: tuple(float(x) for x in v)   # noqa: E731
+    beam, fdet, sdet, odet = f(beam), f(fdet), f(sdet), f(odet)
+    twotheta_axis, polar_v, spindle = f(twotheta_axis), f(polar_v), f(spindle)
+
+    beam, _ = V.unitize(beam)
+    fdet, _ = V.unitize(fdet)
+    sdet, _ = V.unitize(sdet)
+    odet, omag = V.unitize(odet)
+    if omag != 1.0:
+        log("WARNING: auto-generating odet_vector")
+        odet, _ = V.unitize(V.cross(fdet, sdet))
+    polar_v, _ = V.unitize(polar_v)
+    spindle, _ = V.unitize(spindle)
+    for name, vec in (("-beam_vector", beam), ("-fdet_vector", fdet), ("-sdet_vector", sdet)):
+        if vec == (0.0, 0.0, 0.0):
+            raise InputError(f"{name} has zero length")
+
+    log("nanoBragg nanocrystal diffraction simulator - James Holton and Ken Frankel 5-17-17")
+
+    # ---- structure-factor source check (C prints usage and exits) ----
+    dump_exists = cfg.hkl_file is None and os.path.exists(cfg.dump_file)
+    if cfg.hkl_file is None and not dump_exists and cfg.default_F == 0.0:
+        raise InputError("nothing to render: give -hkl, a Fdump.bin from an earlier run, or -default_F")
+    if cfg.mat_file is None and cfg.cell[0] == 0.0:
+        raise InputError("no crystal: give -mat or -cell")
+
+    # ---- sampling auto-selection ----
+    phisteps, osc, phistep = _phi_steps(cfg)
+    hdivsteps, hdivrange, hdivstep = _auto_steps(cfg.hdivsteps, cfg.hdivrange, cfg.hdivstep, 1.0)
+    vdivsteps, vdivrange, vdivstep = _auto_steps(cfg.vdivsteps, cfg.vdivrange, cfg.vdivstep, 1.0)
+    dispsteps, dispersion, dispstep = _auto_steps(cfg.dispsteps, cfg.dispersion, -1.0, 1.0)
+    thicksteps, thick, thickstep = _thickness(cfg, parity)
+    mu = cfg.detector_mu
+    if thick > 0.0 and mu < 0.0:
+        mu = 1.0 / thick
+        log("WARNING: setting detector attenuation depth to %g m" % mu)
+
+    mosaic_spread, mosaic_domains = cfg.mosaic_spread, cfg.mosaic_domains
+    if mosaic_domains <= 0:
+        if mosaic_spread < 0.0:
+            mosaic_domains, mosaic_spread = 1, 0.0
+        elif mosaic_spread == 0.0:
+            mosaic_domains = 1
+        else:
+            log("WARNING: finite mosaicity with only one domain! upping to 10 mosaic domains")
+            mosaic_domains = 10
+    else:
+        if mosaic_spread < 0.0:
+            log("WARNING: no mosaic spread specified.  setting mosaic_domains = 1")
+            mosaic_spread, mosaic_domains = 0.0, 1
+        elif mosaic_spread == 0.0:
+            log("WARNING: zero mosaic spread specified.  setting mosaic_domains = 1")
+            mosaic_domains = 1
+
+    if hdivrange <= 0.0 or hdivstep <= 0.0 or hdivsteps <= 0:
+        hdivsteps, hdivrange, hdivstep = 1, 0.0, 0.0
+    if vdivrange <= 0.0 or vdivstep <= 0.0 or vdivsteps <= 0:
+        vdivsteps, vdivrange, vdivstep = 1, 0.0, 0.0
+    if dispersion <= 0.0 or dispstep <= 0.0 or dispsteps <= 0:
+        dispsteps, dispersion, dispstep = 1, 0.0, 0.0
+    if thick <= 0.0 or thickstep <= 0.0 or thicksteps <= 0:
+        thicksteps, thick, thickstep = 1, 0.0, 0.0
+
+    log(f"{conv} convention selected.")
+
+    # ---- detector placement ----
+    rotx, roty, rotz = cfg.detector_rotx, cfg.detector_roty, cfg.detector_rotz
+    twotheta = cfg.detector_twotheta
+    if cfg.header_twotheta is not None and not parity:
+        # C reads the header's TWOTHETA into a scratch variable and drops it
+        twotheta = cfg.header_twotheta
+    lambda0 = cfg.lambda0
+    if lambda0 <= 0.0 or not math.isfinite(lambda0):
+        raise InputError("wavelength must be positive (-lambda/-energy)")
+    if pixel <= 0.0:
+        raise InputError("-pixel must be positive")
+    distance = cfg.distance
+    close_distance = cfg.close_distance
+    ratio = V.dot(beam, V.rotate_xyz(odet, rotx, roty, rotz))
+    if ratio == 0.0:
+        ratio = DBL_MIN
+    if nan(close_distance):
+        close_distance = abs(ratio * distance)
+    distance = close_distance / ratio
+
+    pix0 = (0.0, 0.0, 0.0)
+    if pivot == "sample":
+        log("pivoting detector around sample")
+        pix0 = tuple(-Fclose * fdet[j] - Sclose * sdet[j] + close_distance * odet[j] for j in range(3))
+        pix0 = V.rotate_xyz(pix0, rotx, roty, rotz)
+        pix0 = V.rotate_axis(pix0, twotheta_axis, twotheta)
+    fdet = V.rotate_axis(V.rotate_xyz(fdet, rotx, roty, rotz), twotheta_axis, twotheta)
+    sdet = V.rotate_axis(V.rotate_xyz(sdet, rotx, roty, rotz), twotheta_axis, twotheta)
+    odet = V.rotate_axis(V.rotate_xyz(odet, rotx, roty, rotz), twotheta_axis, twotheta)
+    if pivot == "beam":
+        log("pivoting detector around direct beam spot")
+        pix0 = tuple(-Fbeam * fdet[j] - Sbeam * sdet[j] + distance * beam[j] for j in range(3))
+    if cfg.pix0_vector is not None and not parity:
+        # C overwrites the user's pix0 with the pivot's value; spec mode uses it
+        pix0 = tuple(float(x) for x in cfg.pix0_vector)
+
+    Fclose = -V.dot(pix0, fdet)
+    Sclose = -V.dot(pix0, sdet)
+    close_distance = V.dot(pix0, odet)
+    impact = tuple(close_distance / ratio * beam[j] - pix0[j] for j in range(3))
+    Fbeam = V.dot(fdet, impact)
+    Sbeam = V.dot(sdet, impact)
+    distance = close_distance / ratio
+    ORGX = Fclose / pixel + 0.5
+    ORGY = Sclose / pixel + 0.5
+    dials_origin = (1000.0 * V.dot(pix0, (0.0, 0.0, 1.0)),
+                    1000.0 * V.dot(pix0, (0.0, 1.0, 0.0)),
+                    1000.0 * V.dot(pix0, (-1.0, 0.0, 0.0)))
+    log("XDS incident beam: %g %g %g" % (V.dot(beam, fdet), V.dot(beam, sdet), V.dot(beam, odet)))
+
+    Na, Nb, Nc = cfg.Na, cfg.Nb, cfg.Nc
+    interpolate = cfg.interpolate
+    if interpolate > 1:
+        if Na <= 2 or Nb <= 2 or Nc <= 2:
+            log("auto-selected tricubic interpolation of structure factors")
+            interpolate = 1
+        else:
+            log("auto-selected no interpolation")
+            interpolate = 0
+
+    # ---- unit cell and orientation ----
+    from reference.crystal import build_cell
+    cell = build_cell(cfg, lambda0, log)
+
+    a, b, c = cell.a, cell.b, cell.c                 # metres
+    if sample_x > 0:
+        Na = math.ceil(sample_x / V.norm(a))
+    if sample_y > 0:
+        Nb = math.ceil(sample_y / V.norm(b))
+    if sample_z > 0:
+        Nc = math.ceil(sample_z / V.norm(c))
+    Na, Nb, Nc = (max(float(x), 1.0) for x in (Na, Nb, Nc))
+    xa, xb, xc = V.norm(a) * Na, V.norm(b) * Nb, V.norm(c) * Nc
+    log("crystal is %g x %g x %g microns" % (xa * 1e6, xb * 1e6, xc * 1e6))
+    xmax = max(xa, xb, xc)
+    reciprocal_pixel_size = lambda0 * distance / pixel
+    recommended = math.ceil(3.0 * xmax / reciprocal_pixel_size)
+    if recommended <= 0:
+        recommended = 1
+    oversample = cfg.oversample
+    if oversample <= 0:
+        oversample = recommended
+        log("auto-selected %d-fold oversampling" % oversample)
+    if oversample < recommended:
+        log("WARNING: maximum dimension of sample is %g A" % (xmax * 1e10))
+        log("         but reciprocal pixel size is %g A" % (reciprocal_pixel_size * 1e10))
+        log("         intensity may vary significantly across a pixel!")
+        log("         recommend -oversample %d to work around this" % recommended)
+    volume = xa * xb * xc
+    molecules = Na * Nb * Nc
+    log("approximate MW = %g" % (volume * 1.2e6 * AVOGADRO / molecules))
+
+    # ---- structure factors ----
+    from reference.structure_factors import load_structure_factors
+    table = load_structure_factors(cfg, log)
+    if table.count == 0:
+        interpolate = 0
+
+    if cfg.stol_file is not None:
+        from reference.fileio import read_source_file
+        log("reading %s" % cfg.stol_file)
+        read_source_file(cfg.stol_file)          # read and checked; C never uses it
+
+    for t in range(thicksteps):
+        log("thick%d = %g um" % (t, thickstep * t * 1e6))
+    for p in range(phisteps):
+        log("phi%d = %g" % (p, (cfg.phi0 + phistep * p) * RTD))
+
+    # ---- sources ----
+    from reference.sources import build_sources
+    src = build_sources(cfg, beam, polar_v, lambda0, hdivsteps, hdivrange, hdivstep,
+                        vdivsteps, vdivrange, vdivstep, dispsteps, dispersion, dispstep, log)
+
+    # ---- mosaic domains ----
+    from reference.crystal import mosaic_domain_matrices
+    umats = mosaic_domain_matrices(mosaic_spread, mosaic_domains, cfg.mosaic_seed)
+    log("  created a total of %d mosaic domains" % mosaic_domains)
+
+    if oversample <= 0:
+        oversample = 1
+    nsources = len(src.direction)
+    steps = nsources * mosaic_domains * phisteps * oversample * oversample
+
+    seed = cfg.seed if cfg.seed is not None else -int(__import__("time").time())
+    shape_name = {"round": "ellipsoidal", "square": "parallelpiped", "gauss": "gaussian", "tophat": "tophat-spot"}
+    log("  %d initialized hkls (all others =%g)" % (table.count, cfg.default_F))
+    log("  %s xtal: %.0fx%.0fx%.0f cells" % (shape_name[cfg.xtal_shape], Na, Nb, Nc))
+    log("  wave=%g meters +/- %g%% in %d steps" % (lambda0, dispersion * 100, dispsteps))
+    if cfg.nopolar:
+        log("  polarization effect disabled")
+    else:
+        log("  Kahn polarization factor: %f" % cfg.polarization)
+    if cfg.curved_detector:
+        log("  curved detector: all pixels same distance from origin")
+    if cfg.point_pixel:
+        log("  pixel obliquity effect disabled")
+    log("  incident fluence: %g photons/m^2" % fluence)
+    log("  distance=%g detsize=%gx%g  pixel=%g meters (%dx%d pixels)" % (distance, detsize_f, detsize_s, pixel, fpixels, spixels))
+    log("  sensor is %g m thick in %d layers with mu= %g" % (thick, thicksteps, mu))
+    log("  Xbeam=%g Ybeam=%g" % (Xbeam, Ybeam))
+    log("  Fbeam=%g Sbeam=%g" % (Fbeam, Sbeam))
+    log("  Xclose=%g Yclose=%g" % (Xclose, Yclose))
+    log("  Fclose=%g Sclose=%g" % (Fclose, Sclose))
+    log("  DIRECTION_OF_DETECTOR_X-AXIS= %g %g %g" % fdet)
+    log("  DIRECTION_OF_DETECTOR_Y-AXIS= %g %g %g" % sdet)
+    log("  DIRECTION_OF_DETECTOR_Z-AXIS= %g %g %g" % odet)
+    log("  INCIDENT_BEAM_DIRECTION= %g %g %g" % beam)
+    log("  spindle ROTATION_AXIS= %g %g %g" % spindle)
+    log("  POLARIZATION_PLANE_NORMAL= %g %g %g" % V.cross(beam, polar_v))
+    log("  dials origin= %g %g %g" % dials_origin)
+    log("  roi: %d < x < %d && %d < y < %d" % tuple(roi))
+    log("  hdivrange=%g hdivstep=%g  radians" % (hdivrange, hdivstep))
+    log("  vdivrange=%g vdivstep=%g  radians" % (vdivrange, vdivstep))
+    log("  %d divergence steps" % src.divsteps)
+    log("  %d sources" % nsources)
+    log("  %d mosaic domains over mosaic spread of %g degrees" % (mosaic_domains, mosaic_spread * RTD))
+    log("  %d phi steps from %g to %g degrees" % (phisteps, cfg.phi0 * RTD, (cfg.phi0 + osc) * RTD))
+    flags = "".join(s for s, on in ((" +thick", cfg.oversample_thick), (" +polar", cfg.oversample_polar),
+                                    (" +omega", cfg.oversample_omega)) if on)
+    log("  %dx%d pixel oversample steps%s" % (oversample, oversample, flags))
+    if cfg.mask_image is not None:
+        log("  skipping zero-flagged pixels in %s" % cfg.mask_file)
+    if cfg.calculate_noise:
+        log("")
+        log("  noise image paramters:")
+        log("  seed: %d" % seed)
+        log("  water droplet size: %g m" % cfg.water_size)
+
+    I_bg = WATER_F * WATER_F * R_E_SQR * fluence * cfg.water_size ** 3 * 1e6 * AVOGADRO / WATER_MW
+
+    if cfg.mask_image is not None and cfg.mask_image.shape != (spixels, fpixels):
+        raise InputError(f"mask is {cfg.mask_image.shape[1]}x{cfg.mask_image.shape[0]} pixels "
+                         f"but the detector is {fpixels}x{spixels}")
+
+    sc.__dict__.update(dict(
+        fpixels=fpixels, spixels=spixels, pixel_size=pixel, detsize_f=detsize_f, detsize_s=detsize_s,
+        distance=distance, close_distance=close_distance, fdet=fdet, sdet=sdet, odet=odet, beam=beam,
+        polar_vector=polar_v, spindle=spindle, pix0=pix0, Xbeam=Xbeam, Ybeam=Ybeam, Fbeam=Fbeam,
+        Sbeam=Sbeam, Xclose=Xclose, Yclose=Yclose, Fclose=Fclose, Sclose=Sclose, ORGX=ORGX, ORGY=ORGY,
+        dials_origin=dials_origin, twotheta=twotheta, roi=tuple(roi), thick=thick, thickstep=thickstep,
+        thicksteps=thicksteps, mu=mu, a0=a, b0=b, c0=c, a_star=cell.a_star, b_star=cell.b_star,
+        c_star=cell.c_star, V_cell=cell.V_cell, Na=Na, Nb=Nb, Nc=Nc, oversample=oversample,
+        interpolate=interpolate, Fhkl=table.values, hkl_min=table.mins, hkl_max=table.maxs,
+        hkls=table.count, phi0=cfg.phi0, osc=osc, phistep=phistep, phisteps=phisteps,
+        sources=src.direction, source_lambda=src.wavelength, source_weight=src.weight,
+        mosaic_umats=umats, mosaic_spread=mosaic_spread, steps=steps, fluence=fluence, I_bg=I_bg,
+        lambda0=lambda0, dispersion=dispersion, divsteps=src.divsteps, hdivrange=hdivrange,
+        hdivstep=hdivstep, vdivrange=vdivrange, vdivstep=vdivstep, seed=seed, lines=log.lines))
+    return sc
+
+
+def _check_basic(cfg: Config) -> None:
+    """Reject requests that cannot describe a detector or a beam."""
+    if cfg.pixel_size <= 0:
+        raise InputError("-pixel must be positive")
+    if cfg.fpixels < 0 or cfg.spixels < 0:
+        raise InputError("-detpixels must be positive")
+    if (cfg.fpixels == 0 and cfg.detsize_f <= 0) or (cfg.spixels == 0 and cfg.detsize_s <= 0):
+        raise InputError("-detsize must be positive")
+    if cfg.lambda0 <= 0:
+        raise InputError("wavelength must be positive (-lambda/-energy)")
+    if cfg.oversample == 0:
+        raise InputError("-oversample must be positive")
+    if cfg.user_cell and cfg.cell[0] <= 0:
+        raise InputError("-cell lengths must be positive")

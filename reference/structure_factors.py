@@ -1,0 +1,55 @@
+"""Structure factors of the unit cell: the dense F(h,k,l) grid.
+
+The grid comes from an HKL text file (and is then cached in ``Fdump.bin``,
+byte-compatible with the C program), from an earlier run's ``Fdump.bin``, or
+is empty, in which case every reflection takes ``-default_F``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from reference import fileio
+
+
+@dataclass
+class StructureFactors:
+    values: np.ndarray        # (h_range+1, k_range+1, l_range+1), last slot padding
+    mins: tuple               # (h_min, k_min, l_min)
+    maxs: tuple               # (h_max, k_max, l_max)
+    count: int                # 0 when no grid: every F is default_F
+
+
+def _from_table(table, count):
+    return StructureFactors(np.ascontiguousarray(table.values, dtype=np.float64),
+                            (table.h_min, table.k_min, table.l_min),
+                            (table.h_max, table.k_max, table.l_max), count)
+
+
+def load_structure_factors(cfg, log) -> StructureFactors:
+    """Read -hkl (writing the Fdump cache) or reuse an earlier Fdump."""
+    if cfg.hkl_file is None:
+        if os.path.exists(cfg.dump_file):
+            log("reading Fs from %s" % cfg.dump_file)
+            table = fileio.read_fdump(cfg.dump_file)
+            return _from_table(table, table.count)
+        return StructureFactors(np.zeros((1, 1, 1)), (0, 0, 0), (0, 0, 0), 0)
+
+    log("counting entries in %s" % cfg.hkl_file)
+    table = fileio.read_hkl(cfg.hkl_file)
+    for warning in table.warnings:
+        log(warning)
+    if cfg.default_F != 0.0:
+        log("initializing to default_F = %g:" % cfg.default_F)
+        fileio.fill_default(table, cfg.default_F)
+        log("done initializing:")
+    log("re-reading %s" % cfg.hkl_file)
+    try:
+        fileio.write_fdump(cfg.dump_file, table)
+        log("writing dump file for next time: %s" % cfg.dump_file)
+    except fileio.InputError:
+        log("WARNING: unable to open dump file: %s" % cfg.dump_file)
+    return _from_table(table, table.count)
