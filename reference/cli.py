@@ -107,6 +107,7 @@ def _apply_header(cfg: Config, path: str, is_mask: bool) -> None:
     from reference.fileio import read_smv
 
     frame = read_smv(path)
+    cfg.header_notes.append("reading %s" % path)
     cfg.fpixels, cfg.spixels = frame.width, frame.height
 
     def value(key):

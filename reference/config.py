@@ -156,3 +156,4 @@ class Config:
     # header values read from -img / -mask, applied before the flags
     header_twotheta: float | None = None
     mask_image: object = None            # uint16 (slow, fast) array from -mask
+    header_notes: list = field(default_factory=list)   # lines to print when the run starts

@@ -290,8 +290,8 @@ def render_pixel(spixel, fpixel, det, beam, lat, sf, opt, trace, oob):
                     parallax = d0 * odet[0] + d1 * odet[1] + d2 * odet[2]
                     capfrac = (math.exp(-t * det.thickstep * det.mu / parallax)
                                - math.exp(-(t + 1) * det.thickstep * det.mu / parallax))
-                    if subS == 0 and subF == 0:
-                        capsum += capfrac
+                if subS == 0 and subF == 0:
+                    capsum += capfrac               # the layer's cached fraction (spec mode)
 
                 for s in range(nsrc):
                     i0, i1, i2 = -src[s, 0], -src[s, 1], -src[s, 2]

@@ -205,6 +205,8 @@ def build_scene(cfg: Config, echo: bool = True) -> Scene:
     log = _Log(echo)
     parity = cfg.c_parity
     sc = Scene(cfg=cfg, parity=parity)
+    for note in cfg.header_notes:
+        log(note)
     _check_basic(cfg)
 
     # ---- detector size in pixels ----
