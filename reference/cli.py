@@ -36,6 +36,29 @@ def _unknown_flag(token: str) -> InputError:
     return InputError(f"unknown flag '{token}'{hint}")
 
 
+C_INT_MAX = 2**31 - 1
+
+# flags whose (first) value must be a positive number, checked before any handler runs
+_POSITIVE = {n for name in ("-detpixels", "-detpixels_f", "-detpixels_s", "-pixel", "-lambda", "-energy",
+                            "-oversample") for n in BY_NAME[name].names}
+
+
+class _CheckedNumbers(StrictNumbers):
+    """Strict numbers whose whole numbers also fit the C program's int."""
+
+    def i(self, text: str) -> int:
+        value = super().i(text)
+        if abs(value) > C_INT_MAX:
+            raise InputError(f"{self.flag} expects a whole number below 2^31, got '{text}'")
+        return value
+
+
+def _check_value(name, values):
+    """Reject values that no run can use (zero pixels, zero wavelength...)."""
+    if name in _POSITIVE and StrictNumbers(name).f(values[0]) <= 0:
+        raise InputError(f"{name} must be positive, got '{values[0]}'")
+
+
 def _take_values(tokens, i, flag):
     """The values that follow ``tokens[i]`` for ``flag``, checked for count."""
     name = tokens[i]
@@ -153,7 +176,8 @@ def parse_args(tokens) -> Config:
     # validate every value strictly, whatever the mode
     scratch = Config()
     for name, flag, values in pairs:
-        flag.action(scratch, values, StrictNumbers(name))
+        _check_value(name, values)
+        flag.action(scratch, values, _CheckedNumbers(name))
 
     # the -mask and -img headers come first, mask before image (C order)
     if parity:
@@ -192,7 +216,7 @@ def main(argv=None) -> int:
     """Console entry point."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "-help", "--help"):
-        print(usage())
+        print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     try:
         cfg = parse_args(argv)
@@ -200,6 +224,9 @@ def main(argv=None) -> int:
         run(cfg)
     except InputError as exc:
         print(f"nanobragg: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:
+        print(f"nanobragg: error: not enough memory for this run ({exc or 'allocation failed'})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nanobragg: interrupted", file=sys.stderr)

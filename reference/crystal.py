@@ -16,6 +16,7 @@ from reference.errors import InputError
 from reference.flags import RTD
 
 DBL_MIN = 2.2250738585072014e-308
+FLAT_SKEW = 2.5e-13       # (V/abc)^2 / 4 below this is a flat cell: V/abc < 1e-6
 
 
 @dataclass
@@ -49,6 +50,11 @@ def reciprocal_from_cell(a, b, c, alpha, beta, gamma, log):
     """
     aavg = (alpha + beta + gamma) / 2
     skew = math.sin(aavg) * math.sin(aavg - alpha) * math.sin(aavg - beta) * math.sin(aavg - gamma)
+    # 4*skew = 1 - cos^2(alpha) - cos^2(beta) - cos^2(gamma) + 2 cos(alpha) cos(beta) cos(gamma):
+    # (V/abc)^2, negative when no cell has these angles, about 1e-16 when they lie flat (120 120 120)
+    if not skew > FLAT_SKEW:
+        raise InputError("impossible unit cell: the angles %g %g %g give %s volume"
+                         % (alpha * RTD, beta * RTD, gamma * RTD, "no" if skew < 0 else "zero"))
     skew = abs(skew)
     V_cell = 2.0 * a * b * c * math.sqrt(skew)
     if V_cell <= 0.0:
@@ -155,6 +161,8 @@ def build_cell(cfg, lambda0, log) -> Cell:
 
     la, lb, lc = V.norm(a), V.norm(b), V.norm(c)
     las, lbs, lcs = V.norm(a_star), V.norm(b_star), V.norm(c_star)
+    if not all(0.0 < x < math.inf for x in (la, lb, lc, las, lbs, lcs, V_cell)):
+        raise InputError("impossible unit cell: lengths %g %g %g A are out of range" % (la, lb, lc))
     sin_al, sin_be, sin_ga = las * V_cell / lb / lc, lbs * V_cell / la / lc, lcs * V_cell / la / lb
     cos_al, cos_be, cos_ga = V.dot(b, c) / lb / lc, V.dot(a, c) / la / lc, V.dot(a, b) / la / lb
     _oddball((sin_al, sin_be, sin_ga, cos_al, cos_be, cos_ga), log, "cell")
@@ -185,9 +193,13 @@ def build_cell(cfg, lambda0, log) -> Cell:
 
 def mosaic_domain_matrices(spread, domains, seed_c):
     """Rotation matrices (domains, 9) of the mosaic domains; the first is identity."""
+    umats = np.zeros((domains, 9))
+    if domains == 1:
+        # C draws one matrix and overwrites it with identity: skip the draw
+        umats[0] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+        return umats
     from reference import rng
     state = rng.new_stream(seed_c)
-    umats = np.zeros((domains, 9))
     for m in range(domains):
         umats[m] = rng.mosaic_rotation_umat(spread, state)
     umats[0] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)

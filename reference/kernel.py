@@ -312,10 +312,9 @@ def render_pixel(spixel, fpixel, det, beam, lat, sf, opt, trace, oob):
                     fresh = False
                     for p in range(nphi):
                         for m_ in range(nmos):
-                            abc = table[p, m_]
-                            h = abc[0, 0] * s0 + abc[0, 1] * s1 + abc[0, 2] * s2
-                            k = abc[1, 0] * s0 + abc[1, 1] * s1 + abc[1, 2] * s2
-                            l = abc[2, 0] * s0 + abc[2, 1] * s1 + abc[2, 2] * s2
+                            h = table[p, m_, 0, 0] * s0 + table[p, m_, 0, 1] * s1 + table[p, m_, 0, 2] * s2
+                            k = table[p, m_, 1, 0] * s0 + table[p, m_, 1, 1] * s1 + table[p, m_, 1, 2] * s2
+                            l = table[p, m_, 2, 0] * s0 + table[p, m_, 2, 1] * s1 + table[p, m_, 2, 2] * s2
                             h0 = int(math.ceil(h - 0.5))
                             k0 = int(math.ceil(k - 0.5))
                             l0 = int(math.ceil(l - 0.5))
@@ -358,7 +357,7 @@ def render_pixel(spixel, fpixel, det, beam, lat, sf, opt, trace, oob):
                                 trace[T_FLATT], trace[T_FCELL] = F_latt, F_cell
                                 for j in range(3):
                                     for q in range(3):
-                                        trace[T_ABC + 3 * j + q] = abc[j, q]
+                                        trace[T_ABC + 3 * j + q] = table[p, m_, j, q]
                     if do_trace:
                         trace[T_SCAT], trace[T_SCAT + 1], trace[T_SCAT + 2] = s0, s1, s2
                         trace[T_STOL], trace[T_LAMBDA] = stol, lam

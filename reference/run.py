@@ -102,14 +102,60 @@ def _announce_replacement(path, log):
         log(f"note: replacing existing file {path}")
 
 
+class _Staged:
+    """Output files written under temporary names, renamed into place only when all are done.
+
+    A run that fails or is interrupted half-way therefore leaves no new output
+    file behind and replaces none of the user's files.
+    """
+
+    def __init__(self):
+        self.files = []                   # (temporary, final)
+
+    def write(self, writer, path, *args):
+        temporary = "%s.part-%d-%d" % (path, os.getpid(), len(self.files))
+        self.files.append((temporary, path))
+        try:
+            writer(temporary, *args)
+        except InputError as exc:
+            raise InputError(str(exc).replace(temporary, path)) from None
+
+    def commit(self):
+        for temporary, path in self.files:
+            try:
+                os.replace(temporary, path)
+            except OSError as exc:
+                raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+    def discard(self):
+        for temporary, _ in self.files:
+            try:
+                os.remove(temporary)
+            except OSError:
+                pass
+
+
 def run(cfg: Config, echo: bool = True):
     """Run the whole simulation described by ``cfg``; returns (scene, float image)."""
+    for path in _outputs(cfg):
+        if not path:
+            raise InputError("an output file name is empty")
+        fileio.check_writable(path)
+    staged = _Staged()
+    try:
+        result = _run(cfg, echo, staged)
+        staged.commit()
+    except BaseException:
+        staged.discard()
+        raise
+    return result
+
+
+def _run(cfg: Config, echo: bool, staged: _Staged):
     def log(text=""):
         if echo:
             print(text)
 
-    for path in _outputs(cfg):
-        fileio.check_writable(path)
     sc = build_scene(cfg, echo=echo)
     progress = cfg.progress and not cfg.printout and echo
     result = render_float_image(sc, progress)
@@ -130,7 +176,7 @@ def run(cfg: Config, echo: bool = True):
     max_I, max_x, max_y, avg, rms, rmsd = statistics(sc, image)
     _announce_replacement(cfg.floatfile, log)
     log("writing %s as %d %d-byte floats" % (cfg.floatfile, sc.fpixels * sc.spixels, 4))
-    fileio.write_float_image(cfg.floatfile, image)
+    staged.write(fileio.write_float_image, cfg.floatfile, image)
     log("max_I = %g  at %g %g" % (max_I, max_x, max_y))
     log("mean= %g rms= %g rmsd= %g" % (avg, rms, rmsd))
     scale = cfg.intfile_scale
@@ -140,7 +186,7 @@ def run(cfg: Config, echo: bool = True):
     header = header_fields(sc)
     _announce_replacement(cfg.intfile, log)
     log("writing %s as %d-byte integers" % (cfg.intfile, 2))
-    fileio.write_smv(cfg.intfile, int_image(sc, image, scale, roi), header)
+    staged.write(fileio.write_smv, cfg.intfile, int_image(sc, image, scale, roi), header)
 
     if cfg.write_pgm:
         pgm_scale = cfg.pgm_scale
@@ -149,7 +195,7 @@ def run(cfg: Config, echo: bool = True):
         log("pgm_scale = %g" % pgm_scale)
         _announce_replacement(cfg.pgmfile, log)
         log("writing %s as %d-byte integers" % (cfg.pgmfile, 1))
-        fileio.write_pgm(cfg.pgmfile, pgm_image(image, pgm_scale, roi), pgm_scale)
+        staged.write(fileio.write_pgm, cfg.pgmfile, pgm_image(image, pgm_scale, roi), pgm_scale)
 
     if cfg.calculate_noise:
         from reference import rng
@@ -157,7 +203,7 @@ def run(cfg: Config, echo: bool = True):
         log("%.0f photons on noise image (%d overloads)" % (photons, overloads))
         _announce_replacement(cfg.noisefile, log)
         log("writing %s as %d-byte integers" % (cfg.noisefile, 2))
-        fileio.write_smv(cfg.noisefile, noisy, header)
+        staged.write(fileio.write_smv, cfg.noisefile, noisy, header)
     return sc, image
 
 

@@ -27,6 +27,7 @@ WATER_F = 2.57                          # forward structure factor of water
 WATER_MW = 18.0
 SOURCE_DISTANCE = 10.0                  # m, for generated sources
 DBL_MIN = 2.2250738585072014e-308
+C_INT_MAX = 2**31 - 1                   # the C program counts pixels and steps in int
 SHAPE_CODE = {"square": 0, "round": 1, "gauss": 2, "tophat": 3}
 
 
@@ -220,10 +221,18 @@ def build_scene(cfg: Config, echo: bool = True) -> Scene:
     spixels = math.ceil(detsize_s / pixel - 0.5)
     if fpixels <= 0 or spixels <= 0:
         raise InputError(f"detector has no pixels ({fpixels} x {spixels}); check -detpixels/-detsize/-pixel")
+    if fpixels * spixels > C_INT_MAX:
+        raise InputError(f"detector of {fpixels} x {spixels} pixels is too large (more than 2^31 pixels)")
+    if cfg.mask_image is not None and cfg.mask_image.shape != (spixels, fpixels):
+        raise InputError(f"mask {cfg.mask_file} is {cfg.mask_image.shape[1]}x{cfg.mask_image.shape[0]} pixels "
+                         f"but the detector is {fpixels}x{spixels}: the mask's header sets the detector size, "
+                         f"so leave out -detpixels/-detsize")
 
     # ---- fluence and sample clipping by the beam ----
     fluence, flux, exposure, beamsize = cfg.fluence, cfg.flux, cfg.exposure, cfg.beamsize
     sample_x, sample_y, sample_z = cfg.sample_x, cfg.sample_y, cfg.sample_z
+    if flux != 0.0 and exposure > 0.0 and beamsize == 0.0:
+        raise InputError("-beamsize must be positive when -flux sets the fluence")
     if flux != 0.0 and exposure > 0.0 and beamsize >= 0:
         fluence = flux * exposure / beamsize / beamsize
     if beamsize >= 0:
@@ -405,6 +414,8 @@ def build_scene(cfg: Config, echo: bool = True) -> Scene:
     Fbeam = V.dot(fdet, impact)
     Sbeam = V.dot(sdet, impact)
     distance = close_distance / ratio
+    if close_distance == 0.0:
+        raise InputError("the detector plane passes through the sample (zero -distance/-close_distance)")
     ORGX = Fclose / pixel + 0.5
     ORGY = Sclose / pixel + 0.5
     dials_origin = (1000.0 * V.dot(pix0, (0.0, 0.0, 1.0)),
@@ -438,7 +449,13 @@ def build_scene(cfg: Config, echo: bool = True) -> Scene:
     log("crystal is %g x %g x %g microns" % (xa * 1e6, xb * 1e6, xc * 1e6))
     xmax = max(xa, xb, xc)
     reciprocal_pixel_size = lambda0 * distance / pixel
-    recommended = math.ceil(3.0 * xmax / reciprocal_pixel_size)
+    needed = 3.0 * xmax / reciprocal_pixel_size if reciprocal_pixel_size != 0.0 else math.inf
+    if not abs(needed) <= C_INT_MAX:
+        if cfg.oversample <= 0:
+            raise InputError("automatic oversampling would need %g sub-pixels per pixel edge; "
+                             "check -lambda, -distance, -pixel and the crystal size" % needed)
+        needed = C_INT_MAX
+    recommended = math.ceil(needed)
     if recommended <= 0:
         recommended = 1
     oversample = cfg.oversample
@@ -532,10 +549,6 @@ def build_scene(cfg: Config, echo: bool = True) -> Scene:
 
     I_bg = WATER_F * WATER_F * R_E_SQR * fluence * cfg.water_size ** 3 * 1e6 * AVOGADRO / WATER_MW
 
-    if cfg.mask_image is not None and cfg.mask_image.shape != (spixels, fpixels):
-        raise InputError(f"mask is {cfg.mask_image.shape[1]}x{cfg.mask_image.shape[0]} pixels "
-                         f"but the detector is {fpixels}x{spixels}")
-
     sc.__dict__.update(dict(
         fpixels=fpixels, spixels=spixels, pixel_size=pixel, detsize_f=detsize_f, detsize_s=detsize_s,
         distance=distance, close_distance=close_distance, fdet=fdet, sdet=sdet, odet=odet, beam=beam,
@@ -567,3 +580,8 @@ def _check_basic(cfg: Config) -> None:
         raise InputError("-oversample must be positive")
     if cfg.user_cell and cfg.cell[0] <= 0:
         raise InputError("-cell lengths must be positive")
+    # read the other input files now, so that a bad one stops the run before Fdump.bin is written
+    from reference.fileio import read_source_file
+    for path in (cfg.source_file, cfg.stol_file):
+        if path is not None:
+            read_source_file(path)
