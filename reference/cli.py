@@ -161,7 +161,11 @@ def _apply_header(cfg: Config, path: str, is_mask: bool) -> None:
     if value("OSC_RANGE") is not None:
         cfg.osc = value("OSC_RANGE") / RTD
     if value("TWOTHETA") is not None:
+        # C reads it into a scratch variable and drops it; spec mode applies it
+        # (before the flags, so a -twotheta flag still wins)
         cfg.header_twotheta = value("TWOTHETA") / RTD
+        if not cfg.c_parity:
+            cfg.detector_twotheta = cfg.header_twotheta
     if is_mask:
         cfg.mask_image = np.ascontiguousarray(frame.data.reshape(cfg.spixels, cfg.fpixels))
 
@@ -173,6 +177,7 @@ def parse_args(tokens) -> Config:
     parity = any(name == "-c_parity" for name, _, _ in pairs)
 
     cfg = Config()
+    cfg.c_parity = parity
     # validate every value strictly, whatever the mode
     scratch = Config()
     for name, flag, values in pairs:
@@ -181,10 +186,11 @@ def parse_args(tokens) -> Config:
 
     # the -mask and -img headers come first, mask before image (C order)
     if parity:
-        mask = next((t for i, t in enumerate(tokens[:-1]) if t.startswith("-") and "-mask" in t), None)
-        mask = tokens[tokens.index(mask) + 1] if mask else None
-        img = None
+        # C scans every argument: the last one containing "-mask"/"-img" wins
+        mask = img = None
         for i, t in enumerate(tokens[:-1]):
+            if t.startswith("-") and "-mask" in t:
+                mask = tokens[i + 1]
             if t.startswith("-") and "-img" in t:
                 img = tokens[i + 1]
     else:

@@ -60,6 +60,8 @@ def reciprocal_from_cell(a, b, c, alpha, beta, gamma, log):
     if V_cell <= 0.0:
         log("WARNING: impossible unit cell volume: %g" % V_cell)
         raise InputError("impossible unit cell: the angles give zero volume")
+    if not V_cell < math.inf:
+        raise InputError("impossible unit cell: lengths %g %g %g A are out of range" % (a, b, c))
     V_star = 1.0 / V_cell
     as0 = b * c * math.sin(alpha) * V_star
     bs0 = c * a * math.sin(beta) * V_star

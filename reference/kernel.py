@@ -250,6 +250,8 @@ def render_pixel(spixel, fpixel, det, beam, lat, sf, opt, trace, oob):
     polar = 1.0 if beam.nopolar else 0.0
     omega = 0.0
     omega_sum = 0.0
+    omega_first = 0.0       # the per-pixel cached values, for the background (spec)
+    polar_first = polar
     capsum = 0.0
     capfrac = 0.0
     n_eval = 0
@@ -285,8 +287,11 @@ def render_pixel(spixel, fpixel, det, beam, lat, sf, opt, trace, oob):
                     if det.point_pixel:
                         omega = 1.0 / airpath / airpath
                 omega_sum += omega
+                if omega_first == 0.0:
+                    omega_first = omega
 
-                if capfrac == 0.0 or opt.over_thick:
+                # (C recomputes even without a sensor, which zeroes the image: parity only)
+                if capfrac == 0.0 or (opt.over_thick and (parity or det.thick != 0.0)):
                     parallax = d0 * odet[0] + d1 * odet[1] + d2 * odet[2]
                     capfrac = (math.exp(-t * det.thickstep * det.mu / parallax)
                                - math.exp(-(t + 1) * det.thickstep * det.mu / parallax))
@@ -303,6 +308,8 @@ def render_pixel(spixel, fpixel, det, beam, lat, sf, opt, trace, oob):
 
                     if polar == 0.0 or (opt.over_polar and (parity or not beam.nopolar)):
                         polar = polarization_factor(beam.kahn, i0, i1, i2, d0, d1, d2, beam.polar_vector)
+                        if polar_first == 0.0:
+                            polar_first = polar
                         # C renormalises the diffracted vector in place here
                         m = math.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
                         if m != 0.0:
@@ -372,12 +379,18 @@ def render_pixel(spixel, fpixel, det, beam, lat, sf, opt, trace, oob):
         value = opt.scale * I_run
         if not opt.over_thick:
             value *= capfrac              # the last layer's fraction, for every layer
+        if not opt.over_polar:
+            value *= polar
+        if not opt.over_omega:
+            value *= omega
     else:
-        value = opt.scale * (I + opt.I_bg * capsum)
-    if not opt.over_polar:
-        value *= polar
-    if not opt.over_omega:
-        value *= omega
+        bragg = I
+        if not opt.over_polar:
+            bragg *= polar
+        if not opt.over_omega:
+            bragg *= omega
+        # the background takes the pixel's cached factors, whatever the flags
+        value = opt.scale * (bragg + opt.I_bg * capsum * polar_first * omega_first)
     if do_trace:
         trace[T_OMEGA], trace[T_POLAR], trace[T_CAP] = omega, polar, capfrac
         trace[T_I] = I_run if parity else I + opt.I_bg * capsum
@@ -408,7 +421,7 @@ def render_rows(image, omega_rows, oob_eval, oob_hkl, det, beam, lat, sf, opt, r
                 continue
             oob[0] = -1.0
             value, omega_sum = render_pixel(spixel, fpixel, det, beam, lat, sf, opt, no_trace, oob)
-            image[spixel, fpixel] = np.float32(value)
+            image[spixel, fpixel] = value          # rounded to the image's dtype
             row_omega += omega_sum
             if oob[0] >= 0 and oob_eval.shape[0] > 1:
                 pix = spixel * det.fpixels + fpixel

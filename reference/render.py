@@ -106,8 +106,8 @@ def kernel_inputs(sc: Scene):
     return det, beam, lat, sf, opt
 
 
-def _render_pass(det, beam, lat, sf, opt, npix, progress):
-    image = np.zeros((det.spixels, det.fpixels), dtype=np.float32)
+def _render_pass(det, beam, lat, sf, opt, npix, progress, image_dtype=np.float32):
+    image = np.zeros((det.spixels, det.fpixels), dtype=image_dtype)
     omega_rows = np.zeros(det.spixels)
     track = sf.interpolate != 0
     oob_eval = np.full(npix if track else 1, -1, dtype=np.int64)
@@ -132,11 +132,15 @@ def _progress_bar(enabled, total):
     return tqdm(total=total, unit="row", desc="rendering", leave=False)
 
 
-def render(sc: Scene, progress: bool = True) -> RenderResult:
-    """Render the whole detector with the reference kernel."""
+def render(sc: Scene, progress: bool = True, image_dtype=np.float32) -> RenderResult:
+    """Render the whole detector with the reference kernel.
+
+    The C program stores float32 pixels; ``image_dtype=np.float64`` keeps the
+    kernel's double-precision values (for cross-checking engines).
+    """
     det, beam, lat, sf, opt = kernel_inputs(sc)
     npix = sc.fpixels * sc.spixels
-    image, omega_rows, oob_eval, oob_hkl = _render_pass(det, beam, lat, sf, opt, npix, progress)
+    image, omega_rows, oob_eval, oob_hkl = _render_pass(det, beam, lat, sf, opt, npix, progress, image_dtype)
     warning = None
     if sf.interpolate and (oob_eval >= 0).any():
         first = int(np.flatnonzero(oob_eval >= 0)[0])
@@ -145,7 +149,7 @@ def render(sc: Scene, progress: bool = True) -> RenderResult:
         if sc.parity:
             # C turns interpolation off for good at this evaluation: render again
             opt = opt._replace(cut_pixel=first, cut_eval=int(oob_eval[first]))
-            image, omega_rows, _, _ = _render_pass(det, beam, lat, sf, opt, npix, progress)
+            image, omega_rows, _, _ = _render_pass(det, beam, lat, sf, opt, npix, progress, image_dtype)
     return RenderResult(image, float(omega_rows.sum()), warning)
 
 

@@ -374,9 +374,6 @@ def build_scene(cfg: Config, echo: bool = True) -> Scene:
     # ---- detector placement ----
     rotx, roty, rotz = cfg.detector_rotx, cfg.detector_roty, cfg.detector_rotz
     twotheta = cfg.detector_twotheta
-    if cfg.header_twotheta is not None and not parity:
-        # C reads the header's TWOTHETA into a scratch variable and drops it
-        twotheta = cfg.header_twotheta
     lambda0 = cfg.lambda0
     if lambda0 <= 0.0 or not math.isfinite(lambda0):
         raise InputError("wavelength must be positive (-lambda/-energy)")

@@ -1,0 +1,66 @@
+"""Lattice transforms F_latt of a finite crystal, with gradient-safe singular points.
+
+All functions take tensors of fractional Miller indices (any shape) and
+return tensors of the same shape, dtype and device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+SQUARE, ROUND, GAUSS, TOPHAT = 0, 1, 2, 3
+
+
+def sincg(x: torch.Tensor, N) -> torch.Tensor:
+    """sin(N x) / sin(x), the interference function of N unit cells.
+
+    Equals N at x = 0 and is finite (with finite gradient) wherever sin(x) is
+    near zero: there the operand is masked before the division (double
+    ``where``), and the limit N cos(N x)/cos(x) is used, which is exact at
+    every multiple of pi, not only at x = 0.
+    """
+    N = torch.as_tensor(N, dtype=x.dtype, device=x.device)
+    s = torch.sin(x)
+    tiny = torch.finfo(x.dtype).eps ** 0.5
+    near = s.abs() < tiny
+    safe_s = torch.where(near, torch.ones_like(s), s)
+    ratio = torch.sin(N * x) / safe_s
+    limit = N * torch.cos(N * x) / torch.cos(x)
+    exact_zero = x == 0
+    return torch.where(exact_zero, N.expand_as(x), torch.where(near, limit, ratio))
+
+
+def sinc3(x: torch.Tensor) -> torch.Tensor:
+    """3 (sin x - x cos x) / x^3: the Fourier transform of a sphere, 1 at x = 0."""
+    small = x.abs() < 1e-3
+    xs = torch.where(small, torch.ones_like(x), x)
+    full = 3.0 * (torch.sin(xs) / xs - torch.cos(xs)) / (xs * xs)
+    series = 1.0 - x * x / 10.0          # Taylor expansion near 0
+    return torch.where(x == 0, torch.ones_like(x), torch.where(small, series, full))
+
+
+def lattice_factor(h, k, l, h0, k0, l0, shape: int, N, recip, fudge):
+    """F_latt for fractional (h, k, l) near the nearest node (h0, k0, l0).
+
+    ``N`` is a (3,) tensor (Na, Nb, Nc); ``recip`` is (3, 3) with rows a*, b*,
+    c* in 1/Angstrom (used only by the round/Gaussian/top-hat shapes).
+    """
+    Na, Nb, Nc = N[0], N[1], N[2]
+    if shape == SQUARE:
+        # C skips the factor for N <= 1 (sincg(x, 1) is 1 anyway)
+        F = sincg(math.pi * h, Na) * sincg(math.pi * k, Nb) * sincg(math.pi * l, Nc)
+        return F
+    dh, dk, dl = h - h0, k - k0, l - l0
+    if shape == ROUND:
+        hrad_sqr = dh * dh * Na * Na + dk * dk * Nb * Nb + dl * dl * Nc * Nc
+        arg = hrad_sqr * fudge
+        safe = torch.where(arg > 0, arg, torch.ones_like(arg))
+        r = torch.where(arg > 0, torch.sqrt(safe), torch.zeros_like(arg))
+        return Na * Nb * Nc * 0.723601254558268 * sinc3(math.pi * r)
+    d = (dh[..., None] * recip[0] + dk[..., None] * recip[1] + dl[..., None] * recip[2])
+    rad_star_sqr = (d * d).sum(-1) * Na * Na * Nb * Nb * Nc * Nc
+    if shape == GAUSS:
+        return Na * Nb * Nc * torch.exp(-(rad_star_sqr / 0.63 * fudge))
+    return Na * Nb * Nc * (rad_star_sqr * fudge < 0.3969).to(h.dtype)

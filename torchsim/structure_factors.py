@@ -1,0 +1,81 @@
+"""Structure factors F_cell: nearest reflection or tricubic interpolation.
+
+The dense grid ``Fhkl`` has shape (h_range+1, k_range+1, l_range+1) and is
+indexed by (h - h_min, k - k_min, l - l_min), as in :mod:`reference.fileio`.
+Miller-index tensors may have any shape; results have the same shape.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _in_table(h0, k0, l0, hkl_min, hkl_max):
+    return ((h0 >= hkl_min[0]) & (h0 <= hkl_max[0]) & (k0 >= hkl_min[1]) & (k0 <= hkl_max[1])
+            & (l0 >= hkl_min[2]) & (l0 <= hkl_max[2]))
+
+
+def nearest_F(h0, k0, l0, Fhkl, hkl_min, hkl_max, default_F, has_table: bool):
+    """F of the nearest reflection (integer tensors h0, k0, l0), default_F outside."""
+    default = torch.as_tensor(default_F, dtype=Fhkl.dtype, device=Fhkl.device)
+    if not has_table:
+        return default.expand(h0.shape)
+    inside = _in_table(h0, k0, l0, hkl_min, hkl_max)
+    ih = torch.where(inside, h0 - hkl_min[0], torch.zeros_like(h0))
+    ik = torch.where(inside, k0 - hkl_min[1], torch.zeros_like(k0))
+    il = torch.where(inside, l0 - hkl_min[2], torch.zeros_like(l0))
+    return torch.where(inside, Fhkl[ih, ik, il], default)
+
+
+def outside_interpolation_grid(h, k, l, hkl_min, hkl_max):
+    """C's conservative test that the 4x4x4 neighbourhood may leave the table."""
+    rng = [hkl_max[i] - hkl_min[i] + 1 for i in range(3)]
+    out = torch.zeros_like(h, dtype=torch.bool)
+    for x, i in ((h, 0), (k, 1), (l, 2)):
+        out = out | ((x - hkl_min[i] + 3) > rng[i]) | ((x - 2) < hkl_min[i])
+    return out
+
+
+def _lagrange_weights(x, x0):
+    """Weights of the cubic Lagrange polynomial through x0-1, x0, x0+1, x0+2 at x.
+
+    Returns (..., 4).  Written as C writes it, node by node.
+    """
+    nodes = [x0 - 1.0, x0, x0 + 1.0, x0 + 2.0]
+    weights = []
+    for i in range(4):
+        num = torch.ones_like(x)
+        den = torch.ones_like(x)
+        for j in range(4):
+            if j != i:
+                num = num * (x - nodes[j])
+                den = den * (nodes[i] - nodes[j])
+        weights.append(num / den)
+    return torch.stack(weights, dim=-1)
+
+
+def tricubic_F(h, k, l, Fhkl, hkl_min, valid):
+    """Tricubic Lagrange interpolation of F around (h, k, l).
+
+    ``valid`` marks entries whose neighbourhood lies inside the table; other
+    entries read clamped indices and must be replaced by the caller.
+    """
+    hf, kf, lf = torch.floor(h), torch.floor(k), torch.floor(l)
+    shape = Fhkl.shape
+    offs = torch.arange(-1, 3, device=h.device)
+
+    def idx(base, lo, size):
+        i = base.long()[..., None] + offs - lo
+        return i.clamp(0, size - 1)
+
+    ih = idx(hf, hkl_min[0], shape[0])
+    ik = idx(kf, hkl_min[1], shape[1])
+    il = idx(lf, hkl_min[2], shape[2])
+    # gather the 4x4x4 neighbourhood: (..., 4, 4, 4)
+    sub = Fhkl[ih[..., :, None, None], ik[..., None, :, None], il[..., None, None, :]]
+    wl = _lagrange_weights(l, lf)
+    wk = _lagrange_weights(k, kf)
+    wh = _lagrange_weights(h, hf)
+    along_l = (sub * wl[..., None, None, :]).sum(-1)          # (..., 4, 4)
+    along_k = (along_l * wk[..., None, :]).sum(-1)            # (..., 4)
+    return (along_k * wh).sum(-1)
