@@ -10,6 +10,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 settings.register_profile("quick", max_examples=10, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("medium", max_examples=200, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("thorough", max_examples=2000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))

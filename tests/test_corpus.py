@@ -50,22 +50,46 @@ def _close(a, b, rel=1e-5):
     return frac >= 0.999 and corr >= 0.99999
 
 
+ENGINES = {"numba": [], "torch": ["-engine", "torch", "-dtype", "float64"]}
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
 @pytest.mark.parametrize("name", NAMES)
-def test_parity_mode_matches_c(name, tmp_path):
-    ours = _run(name, tmp_path, ["-c_parity"])
-    corpus.assert_parity(ours, corpus.c_outputs(name), f"{name} -c_parity")
+def test_parity_mode_matches_c(name, engine, tmp_path):
+    ours = _run(name, tmp_path, ["-c_parity"] + ENGINES[engine])
+    corpus.assert_parity(ours, corpus.c_outputs(name), f"{name} -c_parity ({engine})")
 
 
+@pytest.mark.parametrize("engine", sorted(ENGINES))
 @pytest.mark.parametrize("name", [n for n in NAMES if n not in QUIRK_CASES])
-def test_spec_mode_matches_c(name, tmp_path):
-    ours = _run(name, tmp_path)
-    corpus.assert_parity(ours, corpus.c_outputs(name), f"{name} spec mode")
+def test_spec_mode_matches_c(name, engine, tmp_path):
+    ours = _run(name, tmp_path, ENGINES[engine])
+    corpus.assert_parity(ours, corpus.c_outputs(name), f"{name} spec mode ({engine})")
 
 
+@pytest.mark.parametrize("engine", sorted(ENGINES))
 @pytest.mark.parametrize("name", sorted(QUIRK_CASES))
-def test_spec_mode_differs_on_quirk_cases(name, tmp_path):
-    ours = _run(name, tmp_path)
+def test_spec_mode_differs_on_quirk_cases(name, engine, tmp_path):
+    ours = _run(name, tmp_path, ENGINES[engine])
     assert corpus.differs(ours, corpus.c_outputs(name)), f"{name}: expected {QUIRK_CASES[name]} to show"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_torch_float32_matches_float64(name, tmp_path, monkeypatch):
+    """float32 on CPU within 1e-4 of the image maximum of float64, every case, both modes."""
+    from reference.cli import parse_args
+    from reference.scene import build_scene
+    from torchsim.engine import render
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "inputs").symlink_to(corpus.CORPUS / "inputs")
+    args = [a for a in CASES[name]["args"]]
+    for mode in ([], ["-c_parity"]):
+        images = {}
+        for dtype in ("float64", "float32"):
+            scene = build_scene(parse_args(args + mode + ["-engine", "torch", "-dtype", dtype]), echo=False)
+            images[dtype] = np.asarray(render(scene, progress=False, keep_precision=True).image, dtype=np.float64)
+        peak = np.abs(images["float64"]).max()
+        assert np.abs(images["float32"] - images["float64"]).max() <= 1e-4 * peak, f"{name} {mode}"
 
 
 def test_parity_stdout_matches_c_summary(tmp_path):

@@ -6,9 +6,10 @@ Usage::
                               [--workload a|b|all] [--engines c,numba,torch] [--markdown]
 
 Every command runs once untimed first (that fills Numba's on-disk cache), then
-``R`` times (default 3), each in a fresh temporary folder; the table gives the
-median wall-clock time of the whole process, the median CPU time (user +
-system, all threads) and the ratio to C's median.
+``R`` times (default 3), each in a fresh temporary folder, the engines taking
+turns run by run so that a change in the machine's load hits them alike.  The
+table gives the median wall-clock time of the whole process, the median CPU
+time (user + system, all threads) and the ratio to C's median.
 
 Workloads (``-noprogress -nonoise -nopgm -floatfile float.bin -intfile
 int.img`` added to each):

@@ -43,7 +43,10 @@ def resolve_dtype(name: str) -> torch.dtype:
 def scene_tensors(sc, device, dtype):
     """The kernel's inputs for ``sc`` as tensors on ``device`` in ``dtype``."""
     cfg = sc.cfg
-    t = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float64), device=device).to(dtype)  # noqa: E731
+    # geometry (positions, directions, cell vectors) stays float64 whatever
+    # the compute dtype: Miller indices of ~100 need it (see torchsim.kernel)
+    t = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float64), device=device)  # noqa: E731
+    c = lambda x: t(x).to(dtype)  # noqa: E731
     det = K.Detector(t(sc.pix0), t(sc.fdet), t(sc.sdet), t(sc.odet), t(sc.beam), t(sc.pixel_size),
                      t(sc.distance), t(sc.close_distance), t(sc.thickstep), t(sc.mu), int(sc.oversample),
                      int(sc.thicksteps), float(sc.thick), bool(cfg.curved_detector), bool(cfg.point_pixel),
@@ -53,18 +56,18 @@ def scene_tensors(sc, device, dtype):
         scales = np.ones_like(weights)
     else:
         scales = weights / weights.mean()
-    beam = K.Beam(t(sc.sources), t(sc.source_lambda), t(scales), t(sc.polar_vector), t(cfg.polarization),
+    beam = K.Beam(t(sc.sources), t(sc.source_lambda), c(scales), t(sc.polar_vector), t(cfg.polarization),
                   bool(cfg.nopolar), float(cfg.dmin))
     cell = t([sc.a0, sc.b0, sc.c0])
     phis = [sc.phi0 + sc.phistep * i for i in range(sc.phisteps)]
     umats = t(sc.mosaic_umats).reshape(-1, 3, 3)
     first, later = orientation_tables(cell, t(sc.spindle), phis, umats, sc.mosaic_spread, sc.parity)
-    cry = K.Crystal(first, later, t([sc.a_star, sc.b_star, sc.c_star]), t([sc.Na, sc.Nb, sc.Nc]),
-                    SHAPE_CODE[cfg.xtal_shape], t(cfg.fudge))
-    sf = K.Factors(t(sc.Fhkl), tuple(int(x) for x in sc.hkl_min), tuple(int(x) for x in sc.hkl_max),
+    cry = K.Crystal(first, later, c([sc.a_star, sc.b_star, sc.c_star]), c([sc.Na, sc.Nb, sc.Nc]),
+                    SHAPE_CODE[cfg.xtal_shape], c(cfg.fudge))
+    sf = K.Factors(c(sc.Fhkl), tuple(int(x) for x in sc.hkl_min), tuple(int(x) for x in sc.hkl_max),
                    sc.hkls != 0, float(cfg.default_F), bool(sc.interpolate))
     opt = K.Options(bool(cfg.oversample_thick), bool(cfg.oversample_polar), bool(cfg.oversample_omega),
-                    bool(sc.parity), float(cfg.water_size), t(sc.I_bg), t(R_E_SQR * sc.fluence / sc.steps),
+                    bool(sc.parity), float(cfg.water_size), c(sc.I_bg), c(R_E_SQR * sc.fluence / sc.steps),
                     -1, sc.fpixels * sc.spixels, 0)
     return det, beam, cry, sf, opt
 

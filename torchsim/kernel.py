@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from torchsim.lattice import lattice_factor
+from torchsim.lattice import lattice_factor, lattice_factor_reduced
 from torchsim.structure_factors import nearest_F, outside_interpolation_grid, tricubic_F
 
 
@@ -167,7 +167,8 @@ def render_pixels(pix, det: Detector, beam: Beam, cry: Crystal, sf: Factors, opt
     trace dict or None).  ``oob_eval`` is the evaluation index of the first
     interpolation neighbourhood that left the table (-1 if none).
     """
-    dtype = det.pix0.dtype
+    dtype = opt.scale.dtype            # compute dtype of the per-evaluation work
+    gdt = det.pix0.dtype               # geometry dtype (float64: positions and h need it)
     P = pix.shape[0]
     T, S = det.thicksteps, det.oversample * det.oversample
     K = beam.directions.shape[0]
@@ -182,15 +183,17 @@ def render_pixels(pix, det: Detector, beam: Beam, cry: Crystal, sf: Factors, opt
         omega_all = 1.0 / airpath / airpath
     else:
         omega_all = pixel_sq / airpath / airpath * det.close_distance / airpath
+    omega_all = omega_all.to(dtype)
     omega_cached = omega_all[:, 0, 0]                                    # first sub-pixel
 
     if det.thick == 0.0 and not (opt.parity and opt.over_thick):
         cap_all = torch.ones_like(airpath)      # (C zeroes it with -oversample_thick: parity only)
     else:
         parallax = (d * det.odet).sum(-1)
-        t = torch.arange(T, device=pix.device, dtype=dtype)[None, :, None]
+        t = torch.arange(T, device=pix.device, dtype=gdt)[None, :, None]
         cap_all = (torch.exp(-t * det.thickstep * det.mu / parallax)
                    - torch.exp(-(t + 1) * det.thickstep * det.mu / parallax))
+    cap_all = cap_all.to(dtype)
     cap_cached = cap_all[:, :, 0]                                        # (P,T) per layer
 
     incident = -beam.directions                                          # (K,3)
@@ -207,7 +210,7 @@ def render_pixels(pix, det: Detector, beam: Beam, cry: Crystal, sf: Factors, opt
     pol_all = None
     if need_all_polar or not beam.nopolar:
         pol_all = polarization_factor(beam.kahn, incident.expand_as(scat), d[:, :, :, None, :].expand_as(scat),
-                                      beam.polar_vector)                 # (P,T,S,K)
+                                      beam.polar_vector).to(dtype)       # (P,T,S,K)
     if beam.nopolar:
         polar_cached = torch.ones(P, dtype=dtype, device=pix.device)
         polar_first = polar_cached
@@ -222,7 +225,13 @@ def render_pixels(pix, det: Detector, beam: Beam, cry: Crystal, sf: Factors, opt
         hkl = _patch_first_phi_loop(hkl, pix, scat, cry, opt, first_kept, any_kept)
     h, k, l = hkl.unbind(-1)
     h0, k0, l0 = torch.ceil(h - 0.5), torch.ceil(k - 0.5), torch.ceil(l - 0.5)
-    F_latt = lattice_factor(h, k, l, h0, k0, l0, cry.shape, cry.N, cry.recip, cry.fudge)
+    if dtype == gdt:
+        F_latt = lattice_factor(h, k, l, h0, k0, l0, cry.shape, cry.N, cry.recip, cry.fudge)
+    else:
+        # lower precision: work with the offsets from the nearest node, which
+        # the geometry dtype gives exactly (sin of large arguments would not)
+        F_latt = lattice_factor_reduced((h - h0).to(dtype), (k - k0).to(dtype), (l - l0).to(dtype),
+                                        h0, k0, l0, h, k, l, cry.shape, cry.N, cry.recip, cry.fudge)
     valid = keep[..., None, None].expand_as(h)
     if opt.water_size == 0.0:
         valid = valid & (F_latt != 0.0)
@@ -230,7 +239,7 @@ def render_pixels(pix, det: Detector, beam: Beam, cry: Crystal, sf: Factors, opt
     h0i, k0i, l0i = h0.long(), k0.long(), l0.long()
     F_near = nearest_F(h0i, k0i, l0i, sf.Fhkl, sf.hkl_min, sf.hkl_max, sf.default_F, sf.has_table)
     oob_eval = torch.full((P,), -1, dtype=torch.long, device=pix.device)
-    oob_hkl = torch.zeros(P, 3, dtype=dtype, device=pix.device)
+    oob_hkl = torch.zeros(P, 3, dtype=gdt, device=pix.device)
     if sf.interpolate:
         flat_valid = valid.reshape(P, -1)
         eval_index = (torch.cumsum(flat_valid.long(), -1) - 1).reshape(valid.shape)

@@ -64,3 +64,36 @@ def lattice_factor(h, k, l, h0, k0, l0, shape: int, N, recip, fudge):
     if shape == GAUSS:
         return Na * Nb * Nc * torch.exp(-(rad_star_sqr / 0.63 * fudge))
     return Na * Nb * Nc * (rad_star_sqr * fudge < 0.3969).to(h.dtype)
+
+
+def sincg_reduced(delta, n, N):
+    """sin(pi N h) / sin(pi h) for h = n + delta, n integer, |delta| <= 1/2.
+
+    For integer N this equals (-1)^(n (N-1)) sin(pi N delta) / sin(pi delta),
+    which keeps full relative accuracy in low precision: the arguments stay
+    below pi N / 2 instead of growing with h.  Non-integer N falls back to
+    the direct form.
+    """
+    N = torch.as_tensor(N, dtype=delta.dtype, device=delta.device)
+    integral = N == torch.round(N)
+    s = torch.sin(math.pi * delta)
+    zero = delta == 0
+    safe = torch.where(zero, torch.ones_like(s), s)
+    ratio = torch.where(zero, N.expand_as(delta), torch.sin(math.pi * N * delta) / safe)
+    parity = torch.remainder(n * (torch.round(N) - 1), 2).to(delta.dtype)
+    reduced = ratio * (1 - 2 * parity)
+    h = (n + delta.to(n.dtype))
+    direct = sincg(math.pi * h, N.to(h.dtype)).to(delta.dtype)
+    return torch.where(integral, reduced, direct)
+
+
+def lattice_factor_reduced(dh, dk, dl, h0, k0, l0, h, k, l, shape: int, N, recip, fudge):
+    """:func:`lattice_factor` from offsets (dh, dk, dl) to the nearest node (h0, k0, l0).
+
+    The offsets are in the compute dtype; h0.. and h.. are in the (higher)
+    geometry dtype.
+    """
+    if shape == SQUARE:
+        return sincg_reduced(dh, h0, N[0]) * sincg_reduced(dk, k0, N[1]) * sincg_reduced(dl, l0, N[2])
+    zero = torch.zeros_like(dh)
+    return lattice_factor(dh, dk, dl, zero, zero, zero, shape, N, recip, fudge)

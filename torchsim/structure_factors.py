@@ -57,8 +57,11 @@ def _lagrange_weights(x, x0):
 def tricubic_F(h, k, l, Fhkl, hkl_min, valid):
     """Tricubic Lagrange interpolation of F around (h, k, l).
 
-    ``valid`` marks entries whose neighbourhood lies inside the table; other
-    entries read clamped indices and must be replaced by the caller.
+    Indices come from the (possibly higher-precision) dtype of ``h``; the
+    weights are computed in the dtype of ``Fhkl`` from the offsets to the
+    grid node below, which loses nothing in lower precision.  ``valid`` marks
+    entries whose neighbourhood lies inside the table; other entries read
+    clamped indices and must be replaced by the caller.
     """
     hf, kf, lf = torch.floor(h), torch.floor(k), torch.floor(l)
     shape = Fhkl.shape
@@ -73,9 +76,10 @@ def tricubic_F(h, k, l, Fhkl, hkl_min, valid):
     il = idx(lf, hkl_min[2], shape[2])
     # gather the 4x4x4 neighbourhood: (..., 4, 4, 4)
     sub = Fhkl[ih[..., :, None, None], ik[..., None, :, None], il[..., None, None, :]]
-    wl = _lagrange_weights(l, lf)
-    wk = _lagrange_weights(k, kf)
-    wh = _lagrange_weights(h, hf)
+    zero = torch.zeros((), dtype=Fhkl.dtype, device=Fhkl.device)
+    wl = _lagrange_weights((l - lf).to(Fhkl.dtype), zero)
+    wk = _lagrange_weights((k - kf).to(Fhkl.dtype), zero)
+    wh = _lagrange_weights((h - hf).to(Fhkl.dtype), zero)
     along_l = (sub * wl[..., None, None, :]).sum(-1)          # (..., 4, 4)
     along_k = (along_l * wk[..., None, :]).sum(-1)            # (..., 4)
     return (along_k * wh).sum(-1)
