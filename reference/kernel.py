@@ -57,6 +57,7 @@ Lattice = namedtuple("Lattice", [
     "abc_first", "abc_later",                       # (phisteps, domains, 3, 3) metres
     "recip",                                        # (3, 3) a*, b*, c* in 1/A (rows)
     "Na", "Nb", "Nc", "shape", "fudge",
+    "c_sinc3",                                      # parity: C's sinc3 near zero
 ])
 Factors = namedtuple("Factors", [
     "Fhkl", "hkl_min", "hkl_max", "hkls", "default_F", "interpolate",
@@ -80,10 +81,17 @@ def sincg(x, N):
 
 
 @njit(cache=True, inline="always")
-def sinc3(x):
-    """Fourier transform of a sphere, normalised to 1 at x = 0."""
+def sinc3(x, as_c):
+    """Fourier transform of a sphere, 3 (sin x - x cos x) / x^3, 1 at x = 0.
+
+    C evaluates the closed form down to x = 0, where sin(x)/x - cos(x)
+    cancels catastrophically (it gives 0 instead of 1 for |x| < ~1e-8);
+    spec mode switches to the Taylor series 1 - x^2/10 below |x| = 1e-3.
+    """
     if x == 0.0:
         return 1.0
+    if not as_c and abs(x) < 1e-3:
+        return 1.0 - x * x / 10.0
     return 3.0 * (math.sin(x) / x - math.cos(x)) / (x * x)
 
 
@@ -109,7 +117,7 @@ def lattice_factor(h, k, l, h0, k0, l0, lat):
     if lat.shape == ROUND:
         hrad_sqr = dh * dh * Na * Na + dk * dk * Nb * Nb + dl * dl * Nc * Nc
         # 0.7236 scales a sphere to the volume of the Na x Nb x Nc box
-        return Na * Nb * Nc * 0.723601254558268 * sinc3(math.pi * math.sqrt(hrad_sqr * lat.fudge))
+        return Na * Nb * Nc * 0.723601254558268 * sinc3(math.pi * math.sqrt(hrad_sqr * lat.fudge), lat.c_sinc3)
     if lat.shape == GAUSS:
         return Na * Nb * Nc * math.exp(-(rad_star_sqr / 0.63 * lat.fudge))
     return Na * Nb * Nc * (1.0 if rad_star_sqr * lat.fudge < 0.3969 else 0.0)

@@ -95,7 +95,7 @@ def kernel_inputs(sc: Scene):
     first, later = orientation_tables(sc, parity)
     recip = f64([sc.a_star, sc.b_star, sc.c_star])
     lat = K.Lattice(first, later, recip, float(sc.Na), float(sc.Nb), float(sc.Nc),
-                    SHAPE_CODE[cfg.xtal_shape], float(cfg.fudge))
+                    SHAPE_CODE[cfg.xtal_shape], float(cfg.fudge), bool(parity))
     sf = K.Factors(f64(sc.Fhkl), np.asarray(sc.hkl_min, dtype=np.int64), np.asarray(sc.hkl_max, dtype=np.int64),
                    int(sc.hkls), float(cfg.default_F), int(sc.interpolate))
     npix = sc.fpixels * sc.spixels

@@ -63,7 +63,7 @@ def scene_tensors(sc, device, dtype):
     umats = t(sc.mosaic_umats).reshape(-1, 3, 3)
     first, later = orientation_tables(cell, t(sc.spindle), phis, umats, sc.mosaic_spread, sc.parity)
     cry = K.Crystal(first, later, c([sc.a_star, sc.b_star, sc.c_star]), c([sc.Na, sc.Nb, sc.Nc]),
-                    SHAPE_CODE[cfg.xtal_shape], c(cfg.fudge))
+                    SHAPE_CODE[cfg.xtal_shape], c(cfg.fudge), tuple(int(n) for n in (sc.Na, sc.Nb, sc.Nc)))
     sf = K.Factors(c(sc.Fhkl), tuple(int(x) for x in sc.hkl_min), tuple(int(x) for x in sc.hkl_max),
                    sc.hkls != 0, float(cfg.default_F), bool(sc.interpolate))
     opt = K.Options(bool(cfg.oversample_thick), bool(cfg.oversample_polar), bool(cfg.oversample_omega),

@@ -73,6 +73,7 @@ class Crystal:
     N: torch.Tensor             # (3,) cells
     shape: int
     fudge: torch.Tensor
+    N_int: tuple | None = None  # (Na, Nb, Nc) as ints when whole numbers (faster, exact)
 
 
 @dataclass
@@ -99,28 +100,37 @@ class Options:
     cut_eval: int
 
 
+def dot3(x, y):
+    """x . y over the trailing 3-vector dimension (faster than a size-3 reduction)."""
+    return x[..., 0] * y[..., 0] + x[..., 1] * y[..., 1] + x[..., 2] * y[..., 2]
+
+
+def norm3(x):
+    return torch.sqrt(dot3(x, x))
+
+
 def rotate_axis(v, axis, phi):
     """Rotate vectors ``v`` (..., 3) by angles ``phi`` (...) about unit ``axis`` (3,)."""
     s, c = torch.sin(phi)[..., None], torch.cos(phi)[..., None]
-    d = (v * axis).sum(-1, keepdim=True) * (1.0 - c)
+    d = dot3(v, axis)[..., None] * (1.0 - c)
     return axis * d + v * c + torch.cross(axis.expand_as(v), v, dim=-1) * s
 
 
 def polarization_factor(kahn, incident, diffracted, axis):
     """Kahn factor for unit incident (..., 3) and diffracted (..., 3) vectors."""
-    cos2t = (incident * diffracted).sum(-1)
+    cos2t = dot3(incident, diffracted)
     cos2t_sqr = cos2t * cos2t
     sin2t_sqr = 1 - cos2t_sqr
     B = torch.cross(axis.expand_as(incident), incident, dim=-1)
     B = B / _safe_norm(B)[..., None]
     E = torch.cross(incident, B, dim=-1)
     E = E / _safe_norm(E)[..., None]
-    psi = -torch.atan2((diffracted * B).sum(-1), (diffracted * E).sum(-1))
+    psi = -torch.atan2(dot3(diffracted, B), dot3(diffracted, E))
     return 0.5 * (1.0 + cos2t_sqr - kahn * torch.cos(2 * psi) * sin2t_sqr)
 
 
 def _safe_norm(v):
-    n2 = (v * v).sum(-1)
+    n2 = dot3(v, v)
     safe = torch.where(n2 > 0, n2, torch.ones_like(n2))
     return torch.where(n2 > 0, torch.sqrt(safe), torch.ones_like(n2))
 
@@ -175,7 +185,7 @@ def render_pixels(pix, det: Detector, beam: Beam, cry: Crystal, sf: Factors, opt
     F, M = cry.abc_later.shape[0], cry.abc_later.shape[1]
 
     pos = subpixel_positions(pix, det)                                   # (P,T,S,3)
-    airpath = torch.linalg.vector_norm(pos, dim=-1)
+    airpath = norm3(pos)
     d = pos / airpath[..., None]
 
     pixel_sq = det.pixel_size * det.pixel_size
@@ -189,7 +199,7 @@ def render_pixels(pix, det: Detector, beam: Beam, cry: Crystal, sf: Factors, opt
     if det.thick == 0.0 and not (opt.parity and opt.over_thick):
         cap_all = torch.ones_like(airpath)      # (C zeroes it with -oversample_thick: parity only)
     else:
-        parallax = (d * det.odet).sum(-1)
+        parallax = dot3(d, det.odet)
         t = torch.arange(T, device=pix.device, dtype=gdt)[None, :, None]
         cap_all = (torch.exp(-t * det.thickstep * det.mu / parallax)
                    - torch.exp(-(t + 1) * det.thickstep * det.mu / parallax))
@@ -198,7 +208,7 @@ def render_pixels(pix, det: Detector, beam: Beam, cry: Crystal, sf: Factors, opt
 
     incident = -beam.directions                                          # (K,3)
     scat = (d[:, :, :, None, :] - incident) / beam.wavelengths[:, None]  # (P,T,S,K,3)
-    stol = 0.5 * torch.linalg.vector_norm(scat, dim=-1)
+    stol = 0.5 * norm3(scat)
     if beam.dmin > 0.0:
         keep = ~((stol > 0.0) & (beam.dmin > 0.5 / torch.where(stol > 0, stol, torch.ones_like(stol))))
     else:
@@ -208,9 +218,13 @@ def render_pixels(pix, det: Detector, beam: Beam, cry: Crystal, sf: Factors, opt
 
     need_all_polar = opt.over_polar and (opt.parity or not beam.nopolar)
     pol_all = None
-    if need_all_polar or not beam.nopolar:
+    if need_all_polar or (not beam.nopolar and beam.dmin > 0.0):
         pol_all = polarization_factor(beam.kahn, incident.expand_as(scat), d[:, :, :, None, :].expand_as(scat),
                                       beam.polar_vector).to(dtype)       # (P,T,S,K)
+    elif not beam.nopolar:
+        # without a resolution cut the cached factor is the first sub-pixel's, first source's
+        first = polarization_factor(beam.kahn, incident[0], d[:, 0, 0], beam.polar_vector).to(dtype)
+        pol_all = first.reshape(P, 1, 1, 1).expand(P, T, S, K)
     if beam.nopolar:
         polar_cached = torch.ones(P, dtype=dtype, device=pix.device)
         polar_first = polar_cached
@@ -226,12 +240,12 @@ def render_pixels(pix, det: Detector, beam: Beam, cry: Crystal, sf: Factors, opt
     h, k, l = hkl.unbind(-1)
     h0, k0, l0 = torch.ceil(h - 0.5), torch.ceil(k - 0.5), torch.ceil(l - 0.5)
     if dtype == gdt:
-        F_latt = lattice_factor(h, k, l, h0, k0, l0, cry.shape, cry.N, cry.recip, cry.fudge)
+        F_latt = lattice_factor(h, k, l, h0, k0, l0, cry.shape, cry.N, cry.recip, cry.fudge, opt.parity)
     else:
         # lower precision: work with the offsets from the nearest node, which
         # the geometry dtype gives exactly (sin of large arguments would not)
         F_latt = lattice_factor_reduced((h - h0).to(dtype), (k - k0).to(dtype), (l - l0).to(dtype),
-                                        h0, k0, l0, h, k, l, cry.shape, cry.N, cry.recip, cry.fudge)
+                                        h0, k0, l0, cry.shape, cry.N, cry.recip, cry.fudge, cry.N_int, opt.parity)
     valid = keep[..., None, None].expand_as(h)
     if opt.water_size == 0.0:
         valid = valid & (F_latt != 0.0)

@@ -32,8 +32,15 @@ def sincg(x: torch.Tensor, N) -> torch.Tensor:
     return torch.where(exact_zero, N.expand_as(x), torch.where(near, limit, ratio))
 
 
-def sinc3(x: torch.Tensor) -> torch.Tensor:
-    """3 (sin x - x cos x) / x^3: the Fourier transform of a sphere, 1 at x = 0."""
+def sinc3(x: torch.Tensor, as_c: bool = False) -> torch.Tensor:
+    """3 (sin x - x cos x) / x^3: the Fourier transform of a sphere, 1 at x = 0.
+
+    ``as_c`` keeps C's closed form down to 0 (it cancels to 0 for tiny x);
+    otherwise the Taylor series is used below |x| = 1e-3.
+    """
+    if as_c:
+        xs = torch.where(x == 0, torch.ones_like(x), x)
+        return torch.where(x == 0, torch.ones_like(x), 3.0 * (torch.sin(xs) / xs - torch.cos(xs)) / (xs * xs))
     small = x.abs() < 1e-3
     xs = torch.where(small, torch.ones_like(x), x)
     full = 3.0 * (torch.sin(xs) / xs - torch.cos(xs)) / (xs * xs)
@@ -41,7 +48,7 @@ def sinc3(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x == 0, torch.ones_like(x), torch.where(small, series, full))
 
 
-def lattice_factor(h, k, l, h0, k0, l0, shape: int, N, recip, fudge):
+def lattice_factor(h, k, l, h0, k0, l0, shape: int, N, recip, fudge, c_sinc3: bool = False):
     """F_latt for fractional (h, k, l) near the nearest node (h0, k0, l0).
 
     ``N`` is a (3,) tensor (Na, Nb, Nc); ``recip`` is (3, 3) with rows a*, b*,
@@ -58,7 +65,7 @@ def lattice_factor(h, k, l, h0, k0, l0, shape: int, N, recip, fudge):
         arg = hrad_sqr * fudge
         safe = torch.where(arg > 0, arg, torch.ones_like(arg))
         r = torch.where(arg > 0, torch.sqrt(safe), torch.zeros_like(arg))
-        return Na * Nb * Nc * 0.723601254558268 * sinc3(math.pi * r)
+        return Na * Nb * Nc * 0.723601254558268 * sinc3(math.pi * r, c_sinc3)
     d = (dh[..., None] * recip[0] + dk[..., None] * recip[1] + dl[..., None] * recip[2])
     rad_star_sqr = (d * d).sum(-1) * Na * Na * Nb * Nb * Nc * Nc
     if shape == GAUSS:
@@ -66,34 +73,42 @@ def lattice_factor(h, k, l, h0, k0, l0, shape: int, N, recip, fudge):
     return Na * Nb * Nc * (rad_star_sqr * fudge < 0.3969).to(h.dtype)
 
 
-def sincg_reduced(delta, n, N):
+def sincg_reduced(delta, n, N, N_int=None):
     """sin(pi N h) / sin(pi h) for h = n + delta, n integer, |delta| <= 1/2.
 
     For integer N this equals (-1)^(n (N-1)) sin(pi N delta) / sin(pi delta),
     which keeps full relative accuracy in low precision: the arguments stay
-    below pi N / 2 instead of growing with h.  Non-integer N falls back to
-    the direct form.
+    below pi N / 2 instead of growing with h.  ``N_int`` is N as a Python int
+    when the caller knows it is whole (the command line's N always is);
+    otherwise the direct form is used.
     """
-    N = torch.as_tensor(N, dtype=delta.dtype, device=delta.device)
-    integral = N == torch.round(N)
+    if N_int is None:
+        h = n + delta.to(n.dtype)
+        return sincg(math.pi * h, torch.as_tensor(N, dtype=h.dtype, device=h.device)).to(delta.dtype)
     s = torch.sin(math.pi * delta)
     zero = delta == 0
     safe = torch.where(zero, torch.ones_like(s), s)
-    ratio = torch.where(zero, N.expand_as(delta), torch.sin(math.pi * N * delta) / safe)
-    parity = torch.remainder(n * (torch.round(N) - 1), 2).to(delta.dtype)
-    reduced = ratio * (1 - 2 * parity)
-    h = (n + delta.to(n.dtype))
-    direct = sincg(math.pi * h, N.to(h.dtype)).to(delta.dtype)
-    return torch.where(integral, reduced, direct)
+    ratio = torch.where(zero, torch.full_like(delta, float(N_int)), torch.sin((math.pi * N_int) * delta) / safe)
+    if N_int % 2 == 1:
+        return ratio                       # (-1)^(n (N-1)) = 1 for odd N
+    odd_n = (n.long() & 1).to(delta.dtype)
+    return ratio * (1 - 2 * odd_n)
 
 
-def lattice_factor_reduced(dh, dk, dl, h0, k0, l0, h, k, l, shape: int, N, recip, fudge):
+def lattice_factor_reduced(dh, dk, dl, h0, k0, l0, shape: int, N, recip, fudge, N_int=None, c_sinc3=False):
     """:func:`lattice_factor` from offsets (dh, dk, dl) to the nearest node (h0, k0, l0).
 
-    The offsets are in the compute dtype; h0.. and h.. are in the (higher)
-    geometry dtype.
+    The offsets are in the compute dtype; h0, k0, l0 in the (higher) geometry
+    dtype.  ``N_int``: (Na, Nb, Nc) as Python ints when known to be whole.
     """
     if shape == SQUARE:
-        return sincg_reduced(dh, h0, N[0]) * sincg_reduced(dk, k0, N[1]) * sincg_reduced(dl, l0, N[2])
+        Ni = N_int if N_int is not None else (None, None, None)
+        F = None
+        for delta, node, axis in ((dh, h0, 0), (dk, k0, 1), (dl, l0, 2)):
+            if Ni[axis] == 1:
+                continue                   # one cell: the factor is exactly 1
+            f = sincg_reduced(delta, node, N[axis], Ni[axis])
+            F = f if F is None else F * f
+        return torch.ones_like(dh) if F is None else F
     zero = torch.zeros_like(dh)
-    return lattice_factor(dh, dk, dl, zero, zero, zero, shape, N, recip, fudge)
+    return lattice_factor(dh, dk, dl, zero, zero, zero, shape, N, recip, fudge, c_sinc3)
