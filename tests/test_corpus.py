@@ -251,3 +251,31 @@ def test_quirk_nopolar_with_oversample_polar(tmp_path):
     parity = corpus.run_ours(args + ["-oversample_polar", "-c_parity"], tmp_path / "c", shape)
     assert _close(spec.float_image, plain.float_image)
     assert corpus.differs(parity, plain)
+
+
+def _tiny_scene(extra):
+    return (["-cell", "20", "20", "20", "90", "90", "90", "-default_F", "1", "-lambda", "1",
+             "-detpixels", "13", "-pixel", "1", "-distance", "40", "-oversample", "1", "-nopolar",
+             "-seed", "1", "-nopgm", "-floatfile", "float.bin", "-intfile", "int.img", "-noisefile",
+             "noise.img", "-noprogress"] + extra)
+
+
+def test_quirk_oversample_thick_without_sensor(tmp_path):
+    """Without a sensor, -oversample_thick changes nothing in spec mode; C renders zeros."""
+    plain = corpus.run_ours(_tiny_scene(["-N", "3"]), tmp_path / "a", (13, 13))
+    spec = corpus.run_ours(_tiny_scene(["-N", "3", "-oversample_thick"]), tmp_path / "b", (13, 13))
+    parity = corpus.run_ours(_tiny_scene(["-N", "3", "-oversample_thick", "-c_parity"]), tmp_path / "c", (13, 13))
+    assert np.array_equal(spec.float_image, plain.float_image)
+    assert plain.float_image.max() > 0 and not parity.float_image.any()
+
+
+def test_quirk_round_spot_on_a_node(tmp_path):
+    """The direct-beam pixel sits on the (0,0,0) node: C's sinc3 cancels to 0 there."""
+    spec = corpus.run_ours(_tiny_scene(["-N", "1", "-round_xtal"]), tmp_path / "s", (13, 13))
+    parity = corpus.run_ours(_tiny_scene(["-N", "1", "-round_xtal", "-c_parity"]), tmp_path / "p", (13, 13))
+    centre = spec.float_image[7, 7]
+    assert parity.float_image[7, 7] == 0.0
+    assert centre == spec.float_image.max() > 0
+    others = np.ones((13, 13), bool)
+    others[7, 7] = False
+    assert np.allclose(spec.float_image[others], parity.float_image[others], rtol=1e-6)
