@@ -43,10 +43,13 @@ def _oddball(values, log, label):
         log(f"WARNING: oddball {label} angles:")
 
 
-def reciprocal_from_cell(a, b, c, alpha, beta, gamma, log):
+def reciprocal_from_cell(a, b, c, alpha, beta, gamma, log, parity=False):
     """Reciprocal vectors (1/A) of a cell in the standard orientation.
 
-    a* lies along x and b* in the x-y plane, as in the C program.
+    a* lies along x and b* in the x-y plane, as in the C program.  C's z
+    component of c* is wrong unless alpha = beta = 90 degrees (it builds a
+    slightly different cell; kept under ``parity``); spec mode uses
+    V* / (a* b* sin gamma*).
     Returns (a_star, b_star, c_star, V_cell).
     """
     aavg = (alpha + beta + gamma) / 2
@@ -80,7 +83,8 @@ def reciprocal_from_cell(a, b, c, alpha, beta, gamma, log):
     cos_a, cos_b, cos_g = (1.0 if x * x > 1.0 else x for x in (cos_a, cos_b, cos_g))
     a_star = (as0, 0.0, 0.0)
     b_star = (bs0 * cos_g, bs0 * sin_g, 0.0)
-    c_star = (cs0 * cos_b, cs0 * (cos_a - cos_b * cos_g) / sin_g, cs0 * V_cell / (a * b * c * sin_g))
+    cz = cs0 * V_cell / (a * b * c * sin_g) if parity else V_star / (as0 * bs0 * sin_g)
+    c_star = (cs0 * cos_b, cs0 * (cos_a - cos_b * cos_g) / sin_g, cz)
     return a_star, b_star, c_star, V_cell
 
 
@@ -120,7 +124,7 @@ def build_cell(cfg, lambda0, log) -> Cell:
         for j in (3, 4, 5):
             if cell[j] <= 0.0:
                 cell[j] = math.pi / 2
-        a_star, b_star, c_star, V_user = reciprocal_from_cell(*cell, log)
+        a_star, b_star, c_star, V_user = reciprocal_from_cell(*cell, log, parity=cfg.c_parity)
 
     if cfg.mat_file is not None:
         from reference.fileio import read_mosflm_matrix

@@ -118,6 +118,7 @@ class Scene:
     twotheta_axis: tuple = ()
     pivot_F: float = 0.0                 # Fbeam (beam pivot) or Fclose (sample pivot) used for pix0
     pivot_S: float = 0.0
+    placement_distance: float = 0.0      # the distance (m) the pivot formula used
     lines: list = field(default_factory=list)
 
 
@@ -399,6 +400,7 @@ def build_scene(cfg: Config, echo: bool = True) -> Scene:
     if nan(close_distance):
         close_distance = abs(ratio * distance)
     distance = close_distance / ratio
+    placement_distance = distance
 
     pix0 = (0.0, 0.0, 0.0)
     if pivot == "sample":
@@ -573,7 +575,7 @@ def build_scene(cfg: Config, echo: bool = True) -> Scene:
         lambda0=lambda0, dispersion=dispersion, divsteps=src.divsteps, hdivrange=hdivrange,
         hdivstep=hdivstep, vdivrange=vdivrange, vdivstep=vdivstep, seed=seed, misset=cell.misset,
         convention=conv, pivot=pivot, fdet0=fdet0, sdet0=sdet0, odet0=odet0, twotheta_axis=twotheta_axis,
-        pivot_F=pivot_F, pivot_S=pivot_S, lines=log.lines))
+        pivot_F=pivot_F, pivot_S=pivot_S, placement_distance=placement_distance, lines=log.lines))
     return sc
 
 

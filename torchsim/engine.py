@@ -28,6 +28,7 @@ class RenderResult:
     image: np.ndarray
     omega_sum: float
     oob_warning: tuple | None
+    cut: tuple | None = None     # parity: (pixel, evaluation) where interpolation stopped
 
 
 def resolve_device(name: str) -> torch.device:
@@ -150,15 +151,15 @@ def render(sc, progress: bool = True, keep_precision: bool = False) -> RenderRes
     chunk = chunk_size(sc, det, beam, cry, sf, cfg.memory_gb * 1e9)
     out_dtype = dtype if keep_precision else torch.float32
     image, omega, oob_eval, oob_hkl = _render_pass(sc, pixels, (det, beam, cry, sf), opt, chunk, progress, out_dtype)
-    warning = None
+    warning = cut = None
     if sf.interpolate and (oob_eval >= 0).any():
         first = int(np.flatnonzero(oob_eval >= 0)[0])
         h, k, l = oob_hkl[first]
         warning = (h, k, l, int(math.ceil(h - 0.5)), int(math.ceil(k - 0.5)), int(math.ceil(l - 0.5)))
         if sc.parity:
-            opt.cut_pixel, opt.cut_eval = first, int(oob_eval[first])
+            opt.cut_pixel, opt.cut_eval = cut = (first, int(oob_eval[first]))
             image, omega, _, _ = _render_pass(sc, pixels, (det, beam, cry, sf), opt, chunk, progress, out_dtype)
-    return RenderResult(image, omega, warning)
+    return RenderResult(image, omega, warning, cut)
 
 
 def trace_pixel(sc, spixel: int, fpixel: int) -> dict:
