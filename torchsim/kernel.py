@@ -125,7 +125,11 @@ def polarization_factor(kahn, incident, diffracted, axis):
     B = B / _safe_norm(B)[..., None]
     E = torch.cross(incident, B, dim=-1)
     E = E / _safe_norm(E)[..., None]
-    psi = -torch.atan2(dot3(diffracted, B), dot3(diffracted, E))
+    y, x = dot3(diffracted, B), dot3(diffracted, E)
+    # along the beam (2theta = 0) psi is undefined and irrelevant (sin^2 2theta = 0):
+    # mask it so that atan2(0, 0) gives no NaN gradient
+    undefined = (y == 0) & (x == 0)
+    psi = -torch.atan2(torch.where(undefined, torch.zeros_like(y), y), torch.where(undefined, torch.ones_like(x), x))
     return 0.5 * (1.0 + cos2t_sqr - kahn * torch.cos(2 * psi) * sin2t_sqr)
 
 
