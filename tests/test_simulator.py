@@ -182,16 +182,18 @@ def test_autograd_matches_reference_finite_differences(name):
 
 # ---- gradients stay finite where a user can land ----------------------------
 
-def test_gradients_finite_at_singular_points():
-    """sincg at integer h, 2theta = 0 (direct-beam pixel), beam centre on a pixel edge."""
+@pytest.mark.parametrize("beam_xy", ["5.0", "4.5"], ids=["beam_at_pixel_centre", "beam_on_pixel_edge"])
+def test_gradients_finite_at_singular_points(beam_xy):
+    """sincg at integer h, 2theta = 0 and a zero scattering vector, beam centre on a pixel edge."""
     flags = dict(FLAGS)
     flags.update({"-detpixels": ["11"], "-pixel": ["1"], "-twotheta": ["0"], "-detector_rotx": ["0"],
                   "-detector_roty": ["0"], "-detector_rotz": ["0"], "-mosaic": ["0"], "-mosaic_dom": ["1"],
                   "-phi": ["0"], "-osc": ["0"], "-phisteps": ["1"], "-roi": ["0", "10", "0", "10"],
-                  "-Xbeam": ["5.0"], "-Ybeam": ["5.0"]})
+                  "-Xbeam": [beam_xy], "-Ybeam": [beam_xy]})
     sim = Simulator.from_args(tokens(flags))
     image = sim()
-    # pixel (5, 5) (MOSFLM: beam at its corner) and the direct beam give h = k = l = 0 exactly
+    # MOSFLM: Xbeam 5.0 puts the beam on the centre of pixel (5, 5), where h = k = l = 0
+    # exactly; 4.5 puts it on the corner shared by four pixels
     image.sum().backward()
     for name, p in sim.named_parameters():
         if name == "mosaic_spread":

@@ -394,11 +394,13 @@ def format_comparison(cmp: Comparison, max_diff_lines: int = 60) -> str:
         out.append(f"float image: {s['n']} pixels, C max {s['ref_max']:.6g}")
         out.append(f"  max abs difference        {s['max_abs']:.6g}")
         out.append(f"  max relative difference   {s['max_rel']:.6g}   (floor 1e-7 of max)")
-        out.append(f"  within 1e-5 rel + 1e-7 max {s['close_fraction']:.6f}   (need >= {CRITERIA['float_close_fraction']})")
+        need = CRITERIA["float_close_fraction"]
+        out.append(f"  within 1e-5 rel + 1e-7 max {s['close_fraction']:.6f}   (need >= {need})")
         out.append(f"  identical                 {s['identical_fraction']:.6f}")
         out.append(f"  correlation               {s['correlation']:.9f}   (need >= {CRITERIA['float_correlation']})")
     if cmp.int_within_1 is not None:
-        out.append(f"int image: within 1 count   {cmp.int_within_1:.6f}   (need >= {CRITERIA['int_within_1_fraction']})")
+        need = CRITERIA["int_within_1_fraction"]
+        out.append(f"int image: within 1 count   {cmp.int_within_1:.6f}   (need >= {need})")
     if cmp.header_diffs:
         out.append("SMV header differences (key: ours | C):")
         for key, o, r in cmp.header_diffs:
@@ -445,8 +447,8 @@ def parse_args(argv):
     own, flags = _split_argv(argv)
     p = argparse.ArgumentParser(prog="python -m tools.compare_c",
                                 description="Run the C nanoBragg and ours on the same flags and compare the outputs.",
-                                epilog="Example: python -m tools.compare_c --c-bin ./nanoBragg -- -cell 50 60 70 90 90 90 "
-                                       "-default_F 10 -N 3 -detpixels 64 -distance 50 -seed 1")
+                                epilog="Example: python -m tools.compare_c --c-bin ./nanoBragg -- "
+                                       "-cell 50 60 70 90 90 90 -default_F 10 -N 3 -detpixels 64 -distance 50 -seed 1")
     p.add_argument("--c-bin", help="the C nanoBragg binary (default: $NB_C_BIN)")
     p.add_argument("--parity", action="store_true", help="add -c_parity to our run")
     p.add_argument("--engine", default="numba", help="our engine (-engine value; default numba)")
