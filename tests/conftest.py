@@ -15,3 +15,12 @@ settings.register_profile("medium", max_examples=200, deadline=None,
 settings.register_profile("thorough", max_examples=2000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_working_folder(tmp_path, monkeypatch):
+    """Run every test in its own folder: runs write Fdump.bin and read it back when -hkl is absent."""
+    monkeypatch.chdir(tmp_path)

@@ -174,6 +174,10 @@ def _reverse_cumprod(g):
     return torch.flip(torch.cumprod(torch.flip(g, (-1,)), -1), (-1,))
 
 
+def _reverse_cumsum(x):
+    return torch.flip(torch.cumsum(torch.flip(x, (-1,)), -1), (-1,))
+
+
 def render_pixels(pix, det: Detector, beam: Beam, cry: Crystal, sf: Factors, opt: Options, want_trace=False):
     """Photons in each pixel of ``pix`` (P,) (raster indices).
 
@@ -238,10 +242,13 @@ def render_pixels(pix, det: Detector, beam: Beam, cry: Crystal, sf: Factors, opt
         polar_first = polar_cached
 
     # Miller indices for every (phi, mosaic) orientation: (P,T,S,K,F,M,3)
-    hkl = torch.einsum("ptskc,fmjc->ptskfmj", scat, cry.abc_later)
     if opt.parity and opt.first_pixel >= 0:
+        hkl = torch.einsum("ptskc,fmjc->ptskfmj", scat, cry.abc_later)
         hkl = _patch_first_phi_loop(hkl, pix, scat, cry, opt, first_kept, any_kept)
-    h, k, l = hkl.unbind(-1)
+        h, k, l = (x.contiguous() for x in hkl.unbind(-1))
+    else:
+        # one product per index keeps each of h, k, l contiguous in memory
+        h, k, l = (torch.einsum("ptskc,fmc->ptskfm", scat, cry.abc_later[:, :, j]) for j in range(3))
     h0, k0, l0 = torch.ceil(h - 0.5), torch.ceil(k - 0.5), torch.ceil(l - 0.5)
     if dtype == gdt:
         F_latt = lattice_factor(h, k, l, h0, k0, l0, cry.shape, cry.N, cry.recip, cry.fudge, opt.parity)
@@ -254,8 +261,10 @@ def render_pixels(pix, det: Detector, beam: Beam, cry: Crystal, sf: Factors, opt
     if opt.water_size == 0.0:
         valid = valid & (F_latt != 0.0)
 
-    h0i, k0i, l0i = h0.long(), k0.long(), l0.long()
-    F_near = nearest_F(h0i, k0i, l0i, sf.Fhkl, sf.hkl_min, sf.hkl_max, sf.default_F, sf.has_table)
+    if sf.has_table:
+        F_near = nearest_F(h0.long(), k0.long(), l0.long(), sf.Fhkl, sf.hkl_min, sf.hkl_max, sf.default_F, True)
+    else:
+        F_near = None                     # every reflection takes default_F
     oob_eval = torch.full((P,), -1, dtype=torch.long, device=pix.device)
     oob_hkl = torch.zeros(P, 3, dtype=gdt, device=pix.device)
     if sf.interpolate:
@@ -277,7 +286,11 @@ def render_pixels(pix, det: Detector, beam: Beam, cry: Crystal, sf: Factors, opt
         F_cell = F_near
 
     zero = torch.zeros((), dtype=dtype, device=pix.device)
-    term = torch.where(valid, F_cell * F_cell * F_latt * F_latt, zero)   # (P,T,S,K,F,M)
+    if F_cell is None:                    # constant F: one scalar factor
+        term = torch.where(valid, (sf.default_F * sf.default_F) * (F_latt * F_latt), zero)
+        F_cell = torch.full_like(F_latt, sf.default_F) if want_trace else None
+    else:
+        term = torch.where(valid, F_cell * F_cell * F_latt * F_latt, zero)   # (P,T,S,K,F,M)
     over_any = opt.over_thick or opt.over_polar or opt.over_omega
     ext = (...,) + (None,) * 2                                            # broadcast over F, M
 
@@ -291,9 +304,15 @@ def render_pixels(pix, det: Detector, beam: Beam, cry: Crystal, sf: Factors, opt
             if opt.over_omega:
                 g = g * omega_all[:, :, :, None, None, None]
             g = torch.where(valid, g, torch.ones_like(g)).reshape(P, -1)
-            # C multiplies the running sum: every term by all factors after it
-            rev = _reverse_cumprod(g)
-            I = (term.reshape(P, -1) * rev).sum(-1) + opt.I_bg * rev[:, 0]
+            # C multiplies the running sum: every term by all factors after it.
+            # The products are accumulated as logarithms (and signs) so that
+            # no partial product over- or underflows where C's sums do not.
+            rev_log = _reverse_cumsum(torch.log(g.abs()))
+            rev_sign = _reverse_cumprod(torch.sign(g))
+            flat_term = term.reshape(P, -1)
+            weighted = torch.where(flat_term == 0, torch.zeros_like(flat_term),
+                                   flat_term * rev_sign * torch.exp(rev_log))
+            I = weighted.sum(-1) + opt.I_bg * rev_sign[:, 0] * torch.exp(rev_log[:, 0])
         else:
             I = opt.I_bg + term.reshape(P, -1).sum(-1)
         value = opt.scale * I
