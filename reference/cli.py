@@ -218,6 +218,20 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def console_main() -> None:
+    """The ``nanobragg`` script: run, then leave without a slow final collection.
+
+    After a run the interpreter holds many compiled-code objects; freezing
+    them skips the garbage collector's last sweep over them at exit
+    (measured: 0.3-0.4 s of a whole run).
+    """
+    import gc
+    status = main()
+    sys.stdout.flush()
+    gc.freeze()
+    sys.exit(status)
+
+
 def main(argv=None) -> int:
     """Console entry point."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -241,4 +255,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()
