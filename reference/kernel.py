@@ -27,6 +27,10 @@ from collections import namedtuple
 import numpy as np
 from numba import njit, prange
 
+# Compiler options for every kernel function: cached on disk, and C's IEEE
+# arithmetic (x / 0 gives inf or nan, no Python exception check per division).
+JIT = dict(cache=True, error_model="numpy")
+
 SQUARE, ROUND, GAUSS, TOPHAT = 0, 1, 2, 3
 
 # Slots of the per-pixel trace array (values of the last evaluation).
@@ -72,7 +76,7 @@ Options = namedtuple("Options", [
 # lattice transforms
 # --------------------------------------------------------------------------
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(inline="always", **JIT)
 def sincg(x, N):
     """Interference function of N unit cells: sin(N x) / sin(x), N at x = 0."""
     if x == 0.0:
@@ -80,7 +84,7 @@ def sincg(x, N):
     return math.sin(x * N) / math.sin(x)
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(inline="always", **JIT)
 def sinc3(x, as_c):
     """Fourier transform of a sphere, 3 (sin x - x cos x) / x^3, 1 at x = 0.
 
@@ -95,7 +99,7 @@ def sinc3(x, as_c):
     return 3.0 * (math.sin(x) / x - math.cos(x)) / (x * x)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(**JIT)
 def lattice_factor(h, k, l, h0, k0, l0, lat):
     """F_latt for fractional (h, k, l) near the nearest node (h0, k0, l0)."""
     Na, Nb, Nc = lat.Na, lat.Nb, lat.Nc
@@ -127,7 +131,7 @@ def lattice_factor(h, k, l, h0, k0, l0, lat):
 # structure factors
 # --------------------------------------------------------------------------
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(inline="always", **JIT)
 def _lagrange4(xa0, xa1, xa2, xa3, y0, y1, y2, y3, x):
     """Cubic Lagrange polynomial through four points, evaluated at x."""
     t0 = (x - xa1) * (x - xa2) * (x - xa3) * y0 / ((xa0 - xa1) * (xa0 - xa2) * (xa0 - xa3))
@@ -137,7 +141,7 @@ def _lagrange4(xa0, xa1, xa2, xa3, y0, y1, y2, y3, x):
     return t0 + t1 + t2 + t3
 
 
-@njit(cache=True, error_model="numpy")
+@njit(**JIT)
 def tricubic_F(h, k, l, sf):
     """Tricubic Lagrange interpolation of F over the 4x4x4 nodes around (h, k, l)."""
     hf, kf, lf = int(np.floor(h)), int(np.floor(k)), int(np.floor(l))
@@ -163,7 +167,7 @@ def tricubic_F(h, k, l, sf):
     return _lagrange4(hx[0], hx[1], hx[2], hx[3], along_h[0], along_h[1], along_h[2], along_h[3], h)
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(inline="always", **JIT)
 def nearest_F(h0, k0, l0, sf):
     """F of the nearest reflection, or default_F outside the table."""
     if (sf.hkls != 0 and sf.hkl_min[0] <= h0 <= sf.hkl_max[0] and sf.hkl_min[1] <= k0 <= sf.hkl_max[1]
@@ -172,7 +176,7 @@ def nearest_F(h0, k0, l0, sf):
     return sf.default_F
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(inline="always", **JIT)
 def outside_interpolation_grid(h, k, l, sf):
     """C's (conservative) test that the 4x4x4 neighbourhood may leave the table."""
     h_range = sf.hkl_max[0] - sf.hkl_min[0] + 1
@@ -187,7 +191,7 @@ def outside_interpolation_grid(h, k, l, sf):
 # per-pixel geometric factors
 # --------------------------------------------------------------------------
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(inline="always", **JIT)
 def _rotate_axis(v0, v1, v2, ax, phi):
     s, c = math.sin(phi), math.cos(phi)
     d = (ax[0] * v0 + ax[1] * v1 + ax[2] * v2) * (1.0 - c)
@@ -196,7 +200,7 @@ def _rotate_axis(v0, v1, v2, ax, phi):
             ax[2] * d + v2 * c + (-ax[1] * v0 + ax[0] * v1) * s)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(**JIT)
 def polarization_factor(kahn, i0, i1, i2, d0, d1, d2, axis):
     """Kahn polarization factor for incident unit vector i and diffracted d.
 
@@ -233,7 +237,7 @@ def polarization_factor(kahn, i0, i1, i2, d0, d1, d2, axis):
 # one pixel
 # --------------------------------------------------------------------------
 
-@njit(cache=True, error_model="numpy")
+@njit(**JIT)
 def render_pixel(spixel, fpixel, det, beam, lat, sf, opt, trace, oob):
     """Photons in one pixel; also returns the summed solid angle (for statistics).
 
@@ -407,7 +411,7 @@ def render_pixel(spixel, fpixel, det, beam, lat, sf, opt, trace, oob):
     return value, omega_sum
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(parallel=True, **JIT)
 def render_rows(image, omega_rows, oob_eval, oob_hkl, det, beam, lat, sf, opt, row_start, row_end):
     """Render the active pixels of rows [row_start, row_end) of ``image``, rows in parallel.
 
@@ -438,7 +442,7 @@ def render_rows(image, omega_rows, oob_eval, oob_hkl, det, beam, lat, sf, opt, r
         omega_rows[spixel] = row_omega
 
 
-@njit(cache=True, error_model="numpy")
+@njit(**JIT)
 def first_evaluated_pixel(det, beam):
     """Index of the first pixel (raster order) whose phi loop runs at all.
 

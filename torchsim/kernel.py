@@ -249,7 +249,11 @@ def render_pixels(pix, det: Detector, beam: Beam, cry: Crystal, sf: Factors, opt
     else:
         # one product per index keeps each of h, k, l contiguous in memory
         h, k, l = (torch.einsum("ptskc,fmc->ptskfm", scat, cry.abc_later[:, :, j]) for j in range(3))
-    h0, k0, l0 = torch.ceil(h - 0.5), torch.ceil(k - 0.5), torch.ceil(l - 0.5)
+    if dtype == gdt:
+        h0, k0, l0 = torch.ceil(h - 0.5), torch.ceil(k - 0.5), torch.ceil(l - 0.5)   # C's rounding
+    else:
+        # (round-half-even differs from C's ceil(h - 0.5) only at exact halves; one op less)
+        h0, k0, l0 = torch.round(h), torch.round(k), torch.round(l)
     if dtype == gdt:
         F_latt = lattice_factor(h, k, l, h0, k0, l0, cry.shape, cry.N, cry.recip, cry.fudge, opt.parity)
     else:
