@@ -112,7 +112,8 @@ def _render_pass(det, beam, lat, sf, opt, npix, progress, image_dtype=np.float32
     track = sf.interpolate != 0
     oob_eval = np.full(npix if track else 1, -1, dtype=np.int64)
     oob_hkl = np.zeros((npix if track else 1, 3))
-    blocks = np.array_split(np.arange(det.spixels), min(det.spixels, 20))
+    # row blocks only feed the progress bar: without one, a single parallel call
+    blocks = np.array_split(np.arange(det.spixels), min(det.spixels, 20) if progress else 1)
     bar = _progress_bar(progress, det.spixels)
     for rows in blocks:
         if len(rows) == 0:
