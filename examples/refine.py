@@ -63,7 +63,7 @@ def perturb(sim: Simulator):
 
 
 def errors(sim: Simulator, truth: dict) -> dict:
-    p = dict(sim.named_parameters())
+    p = {n: v.detach() for n, v in sim.named_parameters()}
     cell = max(abs(p[n].item() / truth[n].item() - 1) for n in ("cell_a", "cell_b", "cell_c"))
     return {"cell": cell,
             "misset": float((p["misset"] - truth["misset"]).abs().max()),
