@@ -22,7 +22,6 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from reference.config import Config
 from reference.errors import InputError
 
 RTD = 180.0 * (1.0 / math.pi)   # C computes RTD as 180*M_1_PI

@@ -135,7 +135,7 @@ class _Log:
             print(text)
 
 
-def _auto_steps(steps, rng, step, user_range_default, count_from_range_minus_one=True):
+def _auto_steps(steps, rng, step, user_range_default):
     """C's rule for (number of steps, range, step) when some are not given.
 
     Used for divergence and dispersion; -1 (or <=0) means "not given".

@@ -97,7 +97,7 @@ def test_gradcheck(name):
 
     with torch.no_grad():
         scale = 1.0 / float(image_of(x0).abs().max())
-    assert torch.autograd.gradcheck(lambda x: image_of(x) * scale, (x0,), eps=1e-6 * max(1.0, float(x0.abs().max())),
+    assert torch.autograd.gradcheck(lambda x: image_of(x) * scale, (x0,), eps=1e-6 * max(1.0, float(x0.detach().abs().max())),
                                     atol=1e-6, rtol=1e-4)
 
 

@@ -24,7 +24,6 @@ order.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -190,7 +189,6 @@ def render_pixels(pix, det: Detector, beam: Beam, cry: Crystal, sf: Factors, opt
     P = pix.shape[0]
     T, S = det.thicksteps, det.oversample * det.oversample
     K = beam.directions.shape[0]
-    F, M = cry.abc_later.shape[0], cry.abc_later.shape[1]
 
     pos = subpixel_positions(pix, det)                                   # (P,T,S,3)
     airpath = norm3(pos)
