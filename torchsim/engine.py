@@ -83,11 +83,18 @@ def active_pixels(sc) -> np.ndarray:
     return np.flatnonzero(active)
 
 
+# On a CPU, chunks beyond a few hundred MB only cost page faults and cache
+# misses (measured on workload (a), float32, one thread: 4 GB chunks 3.1 s,
+# 1 GB 2.0 s, 256 MB 2.1 s, 64 MB 1.9 s), so the budget is a ceiling there.
+CPU_CHUNK_BYTES = 256e6
+
+
 def chunk_size(sc, det, beam, cry, sf, budget_bytes) -> int:
     evals = det.thicksteps * det.oversample ** 2 * beam.directions.shape[0] * cry.abc_later.shape[0] \
         * cry.abc_later.shape[1]
     per_eval = BYTES_PER_EVAL_INTERP if sf.interpolate else BYTES_PER_EVAL
-    per_eval = per_eval * det.pix0.element_size() // 8
+    if det.pix0.device.type == "cpu":
+        budget_bytes = min(budget_bytes, CPU_CHUNK_BYTES)
     return max(1, int(budget_bytes // (evals * per_eval)))
 
 

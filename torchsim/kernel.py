@@ -239,24 +239,33 @@ def render_pixels(pix, det: Detector, beam: Beam, cry: Crystal, sf: Factors, opt
         polar_cached = torch.where(any_kept, gathered, torch.zeros_like(gathered))
         polar_first = polar_cached
 
-    # Miller indices for every (phi, mosaic) orientation: (P,T,S,K,F,M,3)
-    if opt.parity and opt.first_pixel >= 0:
+    # Miller indices for every (phi, mosaic) orientation: (P,T,S,K,F,M) each
+    fast_low_precision = (dtype != gdt and not sf.interpolate and not want_trace
+                          and not (opt.parity and opt.first_pixel >= 0))
+    if fast_low_precision:
+        (dh, nh), (dk, nk), (dl, nl) = _offsets_from_nodes(scat, cry.abc_later, dtype)
+        F_latt = lattice_factor_reduced(dh, dk, dl, nh, nk, nl, cry.shape, cry.N, cry.recip, cry.fudge,
+                                        cry.N_int, opt.parity)
+        h = dh                                   # (only its shape is used below)
+        if sf.has_table:
+            h0, k0, l0 = (_node_value(n) for n in (nh, nk, nl))
+    elif opt.parity and opt.first_pixel >= 0:
         hkl = torch.einsum("ptskc,fmjc->ptskfmj", scat, cry.abc_later)
         hkl = _patch_first_phi_loop(hkl, pix, scat, cry, opt, first_kept, any_kept)
         h, k, l = (x.contiguous() for x in hkl.unbind(-1))
     else:
         # one product per index keeps each of h, k, l contiguous in memory
         h, k, l = (torch.einsum("ptskc,fmc->ptskfm", scat, cry.abc_later[:, :, j]) for j in range(3))
-    if dtype == gdt:
+    if fast_low_precision:
+        pass
+    elif dtype == gdt:
         h0, k0, l0 = torch.ceil(h - 0.5), torch.ceil(k - 0.5), torch.ceil(l - 0.5)   # C's rounding
-    else:
-        # (round-half-even differs from C's ceil(h - 0.5) only at exact halves; one op less)
-        h0, k0, l0 = torch.round(h), torch.round(k), torch.round(l)
-    if dtype == gdt:
         F_latt = lattice_factor(h, k, l, h0, k0, l0, cry.shape, cry.N, cry.recip, cry.fudge, opt.parity)
     else:
         # lower precision: work with the offsets from the nearest node, which
         # the geometry dtype gives exactly (sin of large arguments would not)
+        # (round-half-even differs from C's ceil(h - 0.5) only at exact halves)
+        h0, k0, l0 = torch.round(h), torch.round(k), torch.round(l)
         F_latt = lattice_factor_reduced((h - h0).to(dtype), (k - k0).to(dtype), (l - l0).to(dtype),
                                         h0, k0, l0, cry.shape, cry.N, cry.recip, cry.fudge, cry.N_int, opt.parity)
     valid = keep[..., None, None].expand_as(h)
@@ -349,6 +358,35 @@ def render_pixels(pix, det: Detector, beam: Beam, cry: Crystal, sf: Factors, opt
                        omega_all if opt.over_omega else omega_cached, polar_cached,
                        cap_all[:, -1, -1] if opt.over_thick else cap_cached[:, -1], I, value, beam, cry)
     return value, omega_sum, oob_eval, oob_hkl, trace
+
+
+def _offsets_from_nodes(scat, abc, dtype):
+    """Offsets from the nearest reciprocal-lattice node, accurate in a low dtype.
+
+    The first sub-pixel of the first layer anchors each pixel: its Miller
+    indices are computed in the geometry dtype and split into the nearest
+    node and a small offset; every sub-pixel adds its own small change of h
+    computed in ``dtype`` (a difference of nearby scattering vectors loses
+    nothing there).  Returns ((dh, node_h), (dk, node_k), (dl, node_l)) with
+    |d| <= 1/2 in ``dtype`` and each node a pair (anchor node, whole offset).
+    """
+    anchor = scat[:, :1, :1]                                   # (P,1,1,K,3)
+    near = (scat - anchor).to(dtype)                           # (P,T,S,K,3), small
+    out = []
+    for j in range(3):
+        axis = abc[:, :, j]                                    # (F,M,3)
+        coarse = torch.einsum("ptskc,fmc->ptskfm", anchor, axis)
+        node = torch.round(coarse)
+        delta = (coarse - node).to(dtype) + torch.einsum("ptskc,fmc->ptskfm", near, axis.to(dtype))
+        step = torch.round(delta)
+        out.append((delta - step, (node, step)))
+    return out
+
+
+def _node_value(node):
+    """The whole Miller index of a (anchor node, whole offset) pair, as a geometry-dtype tensor."""
+    coarse, step = node
+    return coarse + step.to(coarse.dtype)
 
 
 def _patch_first_phi_loop(hkl, pix, scat, cry, opt, first_kept, any_kept):

@@ -91,6 +91,8 @@ def sincg_reduced(delta, n, N, N_int=None):
     otherwise the direct form is used.
     """
     if N_int is None:
+        if isinstance(n, tuple):
+            n = n[0] + n[1].to(n[0].dtype)
         h = n + delta.to(n.dtype)
         return sincg(math.pi * h, torch.as_tensor(N, dtype=h.dtype, device=h.device)).to(delta.dtype)
     s = torch.sin(math.pi * delta)
@@ -99,8 +101,16 @@ def sincg_reduced(delta, n, N, N_int=None):
     ratio = torch.where(zero, torch.full_like(delta, float(N_int)), torch.sin((math.pi * N_int) * delta) / safe)
     if N_int % 2 == 1:
         return ratio                       # (-1)^(n (N-1)) = 1 for odd N
-    odd_n = (n.long() & 1).to(delta.dtype)
+    odd_n = _odd(n).to(delta.dtype)
     return ratio * (1 - 2 * odd_n)
+
+
+def _odd(n):
+    """1 where the whole number n is odd; n may be a pair (coarse, fine) whose sum is meant."""
+    if isinstance(n, tuple):
+        coarse, fine = n
+        return (coarse.long() + fine.long()) & 1
+    return n.long() & 1
 
 
 def lattice_factor_reduced(dh, dk, dl, h0, k0, l0, shape: int, N, recip, fudge, N_int=None, c_sinc3=False):
