@@ -99,7 +99,7 @@ def sinc3(x, as_c):
     return 3.0 * (math.sin(x) / x - math.cos(x)) / (x * x)
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def lattice_factor(h, k, l, h0, k0, l0, lat):
     """F_latt for fractional (h, k, l) near the nearest node (h0, k0, l0)."""
     Na, Nb, Nc = lat.Na, lat.Nb, lat.Nc
