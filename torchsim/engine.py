@@ -89,11 +89,11 @@ def active_pixels(sc) -> np.ndarray:
 CPU_CHUNK_BYTES = 256e6
 
 
-def chunk_size(sc, det, beam, cry, sf, budget_bytes) -> int:
+def chunk_size(sc, det, beam, cry, sf, budget_bytes, cap_cpu=True) -> int:
     evals = det.thicksteps * det.oversample ** 2 * beam.directions.shape[0] * cry.abc_later.shape[0] \
         * cry.abc_later.shape[1]
     per_eval = BYTES_PER_EVAL_INTERP if sf.interpolate else BYTES_PER_EVAL
-    if det.pix0.device.type == "cpu":
+    if cap_cpu and det.pix0.device.type == "cpu":
         budget_bytes = min(budget_bytes, CPU_CHUNK_BYTES)
     return max(1, int(budget_bytes // (evals * per_eval)))
 

@@ -260,7 +260,8 @@ class Simulator(nn.Module):
         sc = self.scene
         det, beam, cry, sf, opt = self._kernel_inputs()
         device = det.pix0.device
-        chunk = chunk_size(sc, det, beam, cry, sf, self.config.memory_gb * 1e9)
+        # the whole budget: more chunks mean checkpointing, i.e. a second forward in backward
+        chunk = chunk_size(sc, det, beam, cry, sf, self.config.memory_gb * 1e9, cap_cpu=False)
         pixels = torch.as_tensor(self._pixels, device=device)
         values = []
         for start in range(0, pixels.shape[0], chunk):
