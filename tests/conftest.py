@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, settings
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # quick (the default, CI): a fixed set of examples, so a CI run cannot fail by luck of the draw
-settings.register_profile("quick", max_examples=10, deadline=None, derandomize=True,
+settings.register_profile("quick", max_examples=40, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("medium", max_examples=200, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
