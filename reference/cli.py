@@ -15,19 +15,11 @@ import numpy as np
 
 from reference.config import Config
 from reference.errors import InputError
-from reference.flags import BY_NAME, FLAGS, RTD, CNumbers, StrictNumbers
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+from reference.flags import BY_NAME, FLAGS, RTD, CNumbers, StrictNumbers, is_number
 
 
 def _looks_like_flag(text: str) -> bool:
-    return text.startswith("-") and not _is_number(text)
+    return text.startswith("-") and not is_number(text)
 
 
 def _unknown_flag(token: str) -> InputError:

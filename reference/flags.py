@@ -34,6 +34,15 @@ _C_FLOAT = re.compile(r"\s*([+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?
 _C_INT = re.compile(r"\s*([+-]?\d+)")
 
 
+def is_number(text: str) -> bool:
+    """True when ``text`` reads as a float (so "-0.5" is a value, not a flag)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def c_atof(text: str) -> float:
     """C's atof: the longest numeric prefix, 0.0 when there is none."""
     m = _C_FLOAT.match(text)

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from reference.flags import is_number
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # The issue's criteria for "matches the C program" (same numbers as tests/corpus.py).
@@ -104,14 +106,6 @@ def our_command(flags, engine_flags=()) -> list[str]:
     return [sys.executable, "-m", "reference.cli", *flags, *engine_flags]
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def output_values(tokens) -> set[int]:
     """Indices of the tokens that are output file names."""
     return {i + 1 for i, t in enumerate(tokens[:-1]) if t in OUTPUT_FLAGS}
@@ -145,7 +139,7 @@ def prepare_folder(tokens, folder, cwd=None) -> list[str]:
             if not Path(token).is_absolute() and str(parent) not in ("", "."):
                 (folder / parent).mkdir(parents=True, exist_ok=True)
             continue
-        if not token or token.startswith("-") or _is_number(token) or os.path.isabs(token):
+        if not token or token.startswith("-") or is_number(token) or os.path.isabs(token):
             continue
         source = cwd / token
         if not os.path.lexists(source):
