@@ -19,7 +19,7 @@ import numpy as np
 
 from reference import kernel as K
 from reference import vectors as V
-from reference.scene import R_E_SQR, SHAPE_CODE, Scene
+from reference.scene import R_E_SQR, SHAPE_CODE, Scene, rendered_mask
 
 
 @dataclass
@@ -60,16 +60,11 @@ def orientation_tables(sc: Scene, parity: bool):
     return first, later
 
 
-def _first_evaluated_pixel(det, beam) -> int:
+def _first_evaluated_pixel(sc: Scene, det, beam) -> int:
     """First pixel (raster order) whose phi loop runs; -1 if none."""
     if beam.dmin > 0.0:
         return int(K.first_evaluated_pixel(det, beam))
-    xmin, xmax, ymin, ymax = (int(x) for x in det.roi)
-    active = np.zeros((det.spixels, det.fpixels), dtype=bool)
-    active[max(ymin, 0):ymax + 1, max(xmin, 0):xmax + 1] = True
-    if det.has_mask:
-        active &= det.mask != 0
-    hits = np.flatnonzero(active)
+    hits = np.flatnonzero(rendered_mask(sc))
     return int(hits[0]) if hits.size else -1
 
 
@@ -99,7 +94,7 @@ def kernel_inputs(sc: Scene):
     sf = K.Factors(f64(sc.Fhkl), np.asarray(sc.hkl_min, dtype=np.int64), np.asarray(sc.hkl_max, dtype=np.int64),
                    int(sc.hkls), float(cfg.default_F), int(sc.interpolate))
     npix = sc.fpixels * sc.spixels
-    first_pixel = _first_evaluated_pixel(det, beam) if parity else -1
+    first_pixel = _first_evaluated_pixel(sc, det, beam) if parity else -1
     opt = K.Options(bool(cfg.oversample_thick), bool(cfg.oversample_polar), bool(cfg.oversample_omega),
                     bool(parity), float(cfg.water_size), float(sc.I_bg),
                     R_E_SQR * sc.fluence / sc.steps, first_pixel, npix, 0)

@@ -16,7 +16,7 @@ from reference import fileio
 from reference.config import Config
 from reference.errors import InputError
 from reference.flags import RTD
-from reference.scene import Scene, build_scene
+from reference.scene import Scene, build_scene, rendered_mask, roi_mask
 
 
 def _outputs(cfg: Config):
@@ -26,14 +26,6 @@ def _outputs(cfg: Config):
     if cfg.calculate_noise:
         files.append(cfg.noisefile)
     return files
-
-
-def active_roi(sc: Scene) -> np.ndarray:
-    """Pixels inside the ROI (inclusive bounds), whatever the mask says."""
-    xmin, xmax, ymin, ymax = sc.roi
-    f = np.arange(sc.fpixels)
-    s = np.arange(sc.spixels)
-    return ((f >= xmin) & (f <= xmax))[None, :] & ((s >= ymin) & (s <= ymax))[:, None]
 
 
 def render_float_image(sc: Scene, progress: bool):
@@ -51,8 +43,8 @@ def render_float_image(sc: Scene, progress: bool):
 
 def statistics(sc: Scene, image: np.ndarray):
     """C's max, mean, rms and rmsd over the rendered pixels."""
-    roi = active_roi(sc)
-    rendered = roi if sc.cfg.mask_image is None else roi & (sc.cfg.mask_image != 0)
+    roi = roi_mask(sc)
+    rendered = rendered_mask(sc)
     values = image[rendered].astype(np.float64)
     max_I, max_x, max_y = 0.0, 0.0, 0.0
     if values.size and values.max() > 0.0:
@@ -172,7 +164,7 @@ def _run(cfg: Config, echo: bool, staged: _Staged):
     log("solid angle subtended by detector = %g steradian ( %g%% sphere)"
         % (result.omega_sum / sc.steps, 100 * result.omega_sum / sc.steps / 4 / math.pi))
 
-    roi = active_roi(sc)
+    roi = roi_mask(sc)
     max_I, max_x, max_y, avg, rms, rmsd = statistics(sc, image)
     _announce_replacement(cfg.floatfile, log)
     log("writing %s as %d %d-byte floats" % (cfg.floatfile, sc.fpixels * sc.spixels, 4))
@@ -232,12 +224,10 @@ def print_printout(sc: Scene, image: np.ndarray):
     """C's -printout / -printout_pixel lines for the matching pixels."""
     from reference.render import trace_pixel
     pf, ps = sc.cfg.printout_pixel
-    roi = active_roi(sc)
+    rendered = rendered_mask(sc)
     for spixel in range(sc.spixels):
         for fpixel in range(sc.fpixels):
-            if not roi[spixel, fpixel] or not ((fpixel == pf and spixel == ps) or pf < 0):
-                continue
-            if sc.cfg.mask_image is not None and sc.cfg.mask_image[spixel, fpixel] == 0:
+            if not rendered[spixel, fpixel] or not ((fpixel == pf and spixel == ps) or pf < 0):
                 continue
             t = trace_pixel(sc, spixel, fpixel)
             x, y, z = t["pixel_pos_x"], t["pixel_pos_y"], t["pixel_pos_z"]

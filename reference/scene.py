@@ -579,6 +579,22 @@ def build_scene(cfg: Config, echo: bool = True) -> Scene:
     return sc
 
 
+def roi_mask(sc: Scene) -> np.ndarray:
+    """(slow, fast) bool: pixels inside the ROI (inclusive bounds), whatever the mask says."""
+    xmin, xmax, ymin, ymax = sc.roi
+    f = np.arange(sc.fpixels)
+    s = np.arange(sc.spixels)
+    return ((f >= xmin) & (f <= xmax))[None, :] & ((s >= ymin) & (s <= ymax))[:, None]
+
+
+def rendered_mask(sc: Scene) -> np.ndarray:
+    """(slow, fast) bool: the pixels the C loop renders (in the ROI, mask non-zero)."""
+    rendered = roi_mask(sc)
+    if sc.cfg.mask_image is not None:
+        rendered &= sc.cfg.mask_image != 0
+    return rendered
+
+
 def _check_basic(cfg: Config) -> None:
     """Reject requests that cannot describe a detector or a beam."""
     if cfg.pixel_size <= 0:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from reference.errors import InputError
-from reference.scene import R_E_SQR, SHAPE_CODE
+from reference.scene import R_E_SQR, SHAPE_CODE, rendered_mask
 from torchsim import kernel as K
 from torchsim.crystal import orientation_tables
 
@@ -75,12 +75,7 @@ def scene_tensors(sc, device, dtype):
 
 def active_pixels(sc) -> np.ndarray:
     """Raster indices of the pixels the C loop renders (ROI, inclusive; mask non-zero)."""
-    xmin, xmax, ymin, ymax = sc.roi
-    active = np.zeros((sc.spixels, sc.fpixels), dtype=bool)
-    active[max(ymin, 0):ymax + 1, max(xmin, 0):xmax + 1] = True
-    if sc.cfg.mask_image is not None:
-        active &= sc.cfg.mask_image != 0
-    return np.flatnonzero(active)
+    return np.flatnonzero(rendered_mask(sc))
 
 
 # On a CPU, chunks beyond a few hundred MB only cost page faults and cache
