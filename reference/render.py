@@ -13,20 +13,12 @@ two C behaviours that depend on the order in which pixels are visited:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 
 from reference import kernel as K
 from reference import vectors as V
-from reference.scene import R_E_SQR, SHAPE_CODE, Scene, rendered_mask
-
-
-@dataclass
-class RenderResult:
-    image: np.ndarray          # float32 (slow, fast), photons per pixel
-    omega_sum: float           # sum of per-sub-pixel solid angles (for the printout)
-    oob_warning: tuple | None  # (h, k, l, h0, k0, l0) of the first out-of-table interpolation
+from reference.scene import R_E_SQR, SHAPE_CODE, RenderResult, Scene, first_out_of_table, rendered_mask
 
 
 def orientation_tables(sc: Scene, parity: bool):
@@ -137,16 +129,16 @@ def render(sc: Scene, progress: bool = True, image_dtype=np.float32) -> RenderRe
     det, beam, lat, sf, opt = kernel_inputs(sc)
     npix = sc.fpixels * sc.spixels
     image, omega_rows, oob_eval, oob_hkl = _render_pass(det, beam, lat, sf, opt, npix, progress, image_dtype)
-    warning = None
-    if sf.interpolate and (oob_eval >= 0).any():
-        first = int(np.flatnonzero(oob_eval >= 0)[0])
-        h, k, l = oob_hkl[first]
-        warning = (h, k, l, int(np.ceil(h - 0.5)), int(np.ceil(k - 0.5)), int(np.ceil(l - 0.5)))
+    found = first_out_of_table(oob_eval, oob_hkl) if sf.interpolate else None
+    warning = cut = None
+    if found is not None:
+        first, evaluation, warning = found
         if sc.parity:
             # C turns interpolation off for good at this evaluation: render again
-            opt = opt._replace(cut_pixel=first, cut_eval=int(oob_eval[first]))
+            cut = (first, evaluation)
+            opt = opt._replace(cut_pixel=first, cut_eval=evaluation)
             image, omega_rows, _, _ = _render_pass(det, beam, lat, sf, opt, npix, progress, image_dtype)
-    return RenderResult(image, float(omega_rows.sum()), warning)
+    return RenderResult(image, float(omega_rows.sum()), warning, cut)
 
 
 def trace_pixel(sc: Scene, spixel: int, fpixel: int) -> dict:

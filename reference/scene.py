@@ -579,6 +579,32 @@ def build_scene(cfg: Config, echo: bool = True) -> Scene:
     return sc
 
 
+@dataclass
+class RenderResult:
+    """What an engine's ``render`` returns."""
+
+    image: np.ndarray          # (slow, fast) photons per pixel, float32 unless asked otherwise
+    omega_sum: float           # sum of per-sub-pixel solid angles (for the printout)
+    oob_warning: tuple | None  # (h, k, l, h0, k0, l0) of the first out-of-table interpolation
+    cut: tuple | None = None   # parity: (pixel, evaluation) where interpolation stopped
+
+
+def first_out_of_table(oob_eval: np.ndarray, oob_hkl: np.ndarray):
+    """The run's first out-of-table interpolation in raster order.
+
+    ``oob_eval``/``oob_hkl`` hold, per pixel, the evaluation index (-1: none)
+    and h, k, l of that pixel's first one.  Returns (pixel, evaluation, C's
+    warning tuple), or None.
+    """
+    hits = np.flatnonzero(oob_eval >= 0)
+    if hits.size == 0:
+        return None
+    first = int(hits[0])
+    h, k, l = (float(x) for x in oob_hkl[first])
+    warning = (h, k, l, math.ceil(h - 0.5), math.ceil(k - 0.5), math.ceil(l - 0.5))
+    return first, int(oob_eval[first]), warning
+
+
 def roi_mask(sc: Scene) -> np.ndarray:
     """(slow, fast) bool: pixels inside the ROI (inclusive bounds), whatever the mask says."""
     xmin, xmax, ymin, ymax = sc.roi

@@ -7,28 +7,18 @@ budget, and the result has the same form as the reference engine's.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from reference.errors import InputError
-from reference.scene import R_E_SQR, SHAPE_CODE, rendered_mask
+from reference.scene import R_E_SQR, SHAPE_CODE, RenderResult, first_out_of_table, rendered_mask
 from torchsim import kernel as K
 from torchsim.crystal import orientation_tables
 
 # bytes of working memory per (pixel, layer, sub-pixel, source, phi, domain)
 BYTES_PER_EVAL = 400
 BYTES_PER_EVAL_INTERP = 2400
-
-
-@dataclass
-class RenderResult:
-    image: np.ndarray
-    omega_sum: float
-    oob_warning: tuple | None
-    cut: tuple | None = None     # parity: (pixel, evaluation) where interpolation stopped
 
 
 def resolve_device(name: str) -> torch.device:
@@ -153,13 +143,13 @@ def render(sc, progress: bool = True, keep_precision: bool = False) -> RenderRes
     chunk = chunk_size(sc, det, beam, cry, sf, cfg.memory_gb * 1e9)
     out_dtype = dtype if keep_precision else torch.float32
     image, omega, oob_eval, oob_hkl = _render_pass(sc, pixels, (det, beam, cry, sf), opt, chunk, progress, out_dtype)
+    found = first_out_of_table(oob_eval, oob_hkl) if sf.interpolate else None
     warning = cut = None
-    if sf.interpolate and (oob_eval >= 0).any():
-        first = int(np.flatnonzero(oob_eval >= 0)[0])
-        h, k, l = oob_hkl[first]
-        warning = (h, k, l, int(math.ceil(h - 0.5)), int(math.ceil(k - 0.5)), int(math.ceil(l - 0.5)))
+    if found is not None:
+        first, evaluation, warning = found
         if sc.parity:
-            opt.cut_pixel, opt.cut_eval = cut = (first, int(oob_eval[first]))
+            # C turns interpolation off for good at this evaluation: render again
+            opt.cut_pixel, opt.cut_eval = cut = (first, evaluation)
             image, omega, _, _ = _render_pass(sc, pixels, (det, beam, cry, sf), opt, chunk, progress, out_dtype)
     return RenderResult(image, omega, warning, cut)
 
