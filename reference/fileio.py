@@ -8,7 +8,8 @@ Formats handled here, all byte-compatible with the original C program:
   vectors multiplied by the wavelength);
 * source lists (up to five numbers per line: X Y Z weight wavelength);
 * SMV ("ADSC") images: header parsing with C's keyword rules, and the exact
-  512-byte header that C writes with ``-intfile`` and ``-noisefile``;
+  512-byte header that C writes with ``-intfile`` and ``-noisefile`` (a
+  header text that does not fit grows to the next multiple of 512 bytes);
 * PGM previews and raw float32 images.
 
 Every reader turns a problem with the user's file into one
@@ -662,27 +663,45 @@ def _format_smv_value(value) -> str:
     return ",".join("%g" % float(x) for x in value)
 
 
+def _smv_header_text(pairs, header_bytes: int) -> bytes:
+    """The header text for ``pairs`` (no padding), HEADER_BYTES written as ``header_bytes``."""
+    lines = ["{\n"]
+    for key, value in pairs:
+        if key == "HEADER_BYTES":
+            value = header_bytes
+        end = "\n" if key in _KEYS_WITHOUT_SEMICOLON else ";\n"
+        lines.append(f"{key}={_format_smv_value(value)}{end}")
+    lines.append("}\f")
+    return "".join(lines).encode("ascii")
+
+
 def format_smv_header(fields) -> bytes:
     """The SMV header for ``fields``: "{\\n", one "KEY=value;\\n" per field, "}\\f", space padded.
 
     ``fields`` is a sequence of (key, value) pairs or a mapping, in output
-    order.  As in C, the DIALS_ORIGIN line has no ';'.  The result is exactly
-    512 bytes; a longer header is a programming error (ValueError).
+    order.  As in C, the DIALS_ORIGIN line has no ';'.  The header is 512
+    bytes, byte for byte C's, whenever the text fits in 512 bytes.  A longer
+    text (long numbers, e.g. with a two-theta) is padded to the next multiple
+    of 512 bytes instead; the HEADER_BYTES entry always states the size
+    actually written, whatever value ``fields`` gave it, so that readers find
+    the pixels.  (C writes the long text unpadded under HEADER_BYTES=512,
+    which puts the pixels at the wrong offset.)
     """
-    pairs = fields.items() if hasattr(fields, "items") else fields
-    lines = ["{\n"]
-    for key, value in pairs:
-        end = "\n" if key in _KEYS_WITHOUT_SEMICOLON else ";\n"
-        lines.append(f"{key}={_format_smv_value(value)}{end}")
-    lines.append("}\f")
-    text = "".join(lines).encode("ascii")
-    if len(text) > SMV_HEADER_BYTES:
-        raise ValueError(f"SMV header needs {len(text)} bytes, more than {SMV_HEADER_BYTES}")
-    return text.ljust(SMV_HEADER_BYTES, b" ")
+    pairs = list(fields.items() if hasattr(fields, "items") else fields)
+    size = SMV_HEADER_BYTES
+    while True:
+        text = _smv_header_text(pairs, size)
+        if len(text) <= size:
+            return text.ljust(size, b" ")
+        # A longer HEADER_BYTES value can itself push the text past the new size,
+        # hence the loop (it ends: the text grows far slower than the size).
+        size = -(-len(text) // SMV_HEADER_BYTES) * SMV_HEADER_BYTES
 
 
 def write_smv(path, image_uint16: np.ndarray, header_fields) -> None:
-    """Write an SMV image: the 512-byte header, then little-endian uint16 pixels.
+    """Write an SMV image: the header (512 bytes, or the next multiple of 512 bytes
+    when the text is longer; see :func:`format_smv_header`), then little-endian
+    uint16 pixels.
 
     ``image_uint16`` has shape (slow, fast) = (SIZE2, SIZE1), fast index
     varying fastest in the file; ``header_fields`` is as for

@@ -266,6 +266,57 @@ def test_smv_errors(tmp_path):
         read_smv(tmp_path / "none.img")
 
 
+def _header_of_length(length):
+    """Fields whose header text, written with HEADER_BYTES=512, is ``length`` bytes long."""
+    base = len(b"{\nHEADER_BYTES=512;\nX=;\n}\f")
+    return [("HEADER_BYTES", "512"), ("X", "y" * (length - base))]
+
+
+@pytest.mark.parametrize("length, size", [(512, 512), (513, 1024), (1023, 1024), (1024, 1536)])
+def test_smv_header_grows_in_512_byte_blocks(length, size):
+    header = format_smv_header(_header_of_length(length))
+    assert len(header) == size
+    assert header.startswith(b"{\nHEADER_BYTES=%d;\nX=yyy" % size)
+    # 1024 bytes of text fit with "512" but not with "1024": the size is decided on the final text
+    text = header.rstrip(b" ")
+    assert text.endswith(b";\n}\f") and len(text) == length + len(str(size)) - 3
+
+
+# C's own output for this command line: a 517-byte header text, first row of pixels
+# (verified against the C binary, whose pixels equal ours; C writes them at byte 517
+# under HEADER_BYTES=512, we at byte 1024).
+_LONG_HEADER_ARGS = ["-cell", "50", "-default_F", "1", "-detpixels", "32", "-pixel", "0.0531",
+                     "-twotheta", "11.79", "-phi", "12.34"]
+_LONG_HEADER_FIRST_PIXELS = [54478, 54479, 54480, 54481, 54481, 54482]
+
+
+@pytest.mark.parametrize("mode", [[], ["-c_parity"]], ids=["spec", "c_parity"])
+def test_smv_long_header_written_in_1024_bytes(mode, capsys):
+    import fabio
+
+    from reference.cli import main
+
+    assert main(_LONG_HEADER_ARGS + mode + ["-noprogress"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    for name in ("intimage.img", "noiseimage.img"):
+        path = Path(name)
+        assert path.stat().st_size == 1024 + 2 * 32 * 32
+        ours = read_smv(path)
+        assert ours.header_bytes == 1024 and ours.data.shape == (32, 32)
+        assert ours.entries()["HEADER_BYTES"] == "1024"
+        assert ours.value("PIXEL_SIZE") == 0.0531
+        assert ours.value("TWOTHETA") == 11.79 and ours.value("PHI") == 12.34
+        theirs = fabio.open(name)
+        assert int(theirs.header["HEADER_BYTES"]) == 1024
+        assert float(theirs.header["PIXEL_SIZE"]) == 0.0531
+        assert float(theirs.header["TWOTHETA"]) == 11.79 and float(theirs.header["PHI"]) == 12.34
+        assert theirs.data.shape == (32, 32) and np.array_equal(theirs.data, ours.data)
+        # the pixels are where HEADER_BYTES says: the last bytes of the file
+        tail = np.frombuffer(path.read_bytes()[-2 * 32 * 32:], "<u2").reshape(32, 32)
+        assert np.array_equal(ours.data, tail)
+    assert read_smv("intimage.img").data[0, :6].tolist() == _LONG_HEADER_FIRST_PIXELS
+
+
 def test_pgm_and_float_images(tmp_path):
     grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
     write_pgm(tmp_path / "p.pgm", grey, 1.23456789)
