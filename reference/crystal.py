@@ -88,16 +88,18 @@ def reciprocal_from_cell(a, b, c, alpha, beta, gamma, log, parity=False):
     return a_star, b_star, c_star, V_cell
 
 
-def random_orientation(seed_c, parity):
+def random_orientation(seed_c, parity, table=None):
     """Misset angles (rotx, roty, rotz radians) of a random orientation.
 
     C draws a rotation from its spherical-cap generator with a 90 *radian*
     cap (it meant degrees), which is not uniform over orientations.  Spec mode
     draws a uniform random rotation (Shoemake's quaternion method) from the
-    same generator and seed.
+    same generator and seed.  ``seed_c`` is the C-internal (negated) seed;
+    ``table`` is the run's shared generator state (see ``rng.stream``), or
+    None for a stream of its own.
     """
     from reference import rng
-    state = rng.new_stream(seed_c)
+    state = rng.stream(seed_c, table)
     if parity:
         umat = rng.mosaic_rotation_umat(90.0, state)
     else:
@@ -111,8 +113,12 @@ def random_orientation(seed_c, parity):
     return tuple(float(x) for x in rng.umat2misset(np.asarray(umat, dtype=np.float64)))
 
 
-def build_cell(cfg, lambda0, log) -> Cell:
-    """Cell vectors from -cell and/or -mat, then misset, as the C program does."""
+def build_cell(cfg, lambda0, log, table=None) -> Cell:
+    """Cell vectors from -cell and/or -mat, then misset, as the C program does.
+
+    ``table`` is the run's shared generator state that a random misset draws
+    from (``-c_parity``), or None for a stream of its own.
+    """
     a_star = b_star = c_star = (0.0, 0.0, 0.0)
     cell = list(cfg.cell)
     V_user = None
@@ -140,7 +146,7 @@ def build_cell(cfg, lambda0, log) -> Cell:
         seed = cfg.misset_seed
         if seed is None:
             seed = -int(__import__("time").time())
-        misset = random_orientation(seed, cfg.c_parity)
+        misset = random_orientation(seed, cfg.c_parity, table)
         log("random orientation misset angles: %f %f %f deg" % tuple(x * RTD for x in misset))
     if misset is not None:
         a_star = V.rotate_xyz(a_star, *misset)
@@ -199,16 +205,23 @@ def build_cell(cfg, lambda0, log) -> Cell:
                 tuple(misset) if misset is not None else (0.0, 0.0, 0.0))
 
 
-def mosaic_domain_matrices(spread, domains, seed_c):
-    """Rotation matrices (domains, 9) of the mosaic domains; the first is identity."""
+def mosaic_domain_matrices(spread, domains, seed_c, table=None):
+    """Rotation matrices (domains, 9) of the mosaic domains; the first is identity.
+
+    ``spread`` is in radians, ``seed_c`` the C-internal (negated) seed.
+    ``table`` is the run's shared generator state (``-c_parity``), or None
+    for a stream of its own.
+    """
     umats = np.zeros((domains, 9))
-    if domains == 1:
-        # C draws one matrix and overwrites it with identity: skip the draw
-        umats[0] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    identity = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    if domains == 1 and table is None:
+        # C draws one matrix and overwrites it with identity; with a stream of
+        # its own nobody sees the draw, so skip it
+        umats[0] = identity
         return umats
     from reference import rng
-    state = rng.new_stream(seed_c)
+    state = rng.stream(seed_c, table)
     for m in range(domains):
         umats[m] = rng.mosaic_rotation_umat(spread, state)
-    umats[0] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    umats[0] = identity
     return umats

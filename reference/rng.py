@@ -43,10 +43,21 @@ Sampler state (``np.float64`` array, length :data:`SAMPLER_SIZE` = 6)::
     [4] iset  1 when a spare Gaussian deviate is waiting, else 0
     [5] gset  the spare Gaussian deviate          (a float32 value)
 
-In C the shuffle table is shared by every stream in the program.  That
-never matters for nanoBragg itself because each stream (misset, mosaic,
-noise) starts from a non-positive seed, which reloads the table, and
-the streams are used one after another, never interleaved.
+Shared shuffle table
+--------------------
+In C, ``idum`` belongs to each stream (the misset, mosaic and noise seeds
+are separate variables) but ``iy`` and ``iv`` are ``static`` inside
+``ran1``: one table for the whole program.  A stream whose ``idum`` is
+non-positive reloads the table on its first draw, so the sharing is
+invisible for the default seeds.  A *negative* command-line seed gives a
+positive ``idum``, which does not reload a table that an earlier stream
+has already loaded: that stream continues on the table the earlier one
+left, with ``|seed|`` as its Park-Miller state.  (If no stream has drawn
+yet, the empty table forces a load and C replaces the positive ``idum``
+by 1.)  The streams run one after another, never interleaved, in the
+order misset, mosaic domains, noise.  :func:`stream` emulates this with
+one state array that every stream of a run shares (``-c_parity``); by
+default each stream gets its own table (spec mode).
 """
 
 import math
@@ -98,6 +109,31 @@ def new_stream(idum):
     state = np.zeros(STREAM_SIZE, dtype=np.int64)
     state[0] = idum
     return state
+
+
+def empty_table():
+    """C's generator state before the first draw of the run: no table loaded.
+
+    Pass the returned array as ``table`` to every :func:`stream` of one run
+    to share the shuffle table between the streams as C does.
+    """
+    return np.zeros(STREAM_SIZE, dtype=np.int64)
+
+
+def stream(idum, table=None):
+    """Return the uniform-stream state for the C-internal seed ``idum``.
+
+    With ``table=None`` the stream has a shuffle table of its own (what
+    :func:`new_stream` gives).  Otherwise ``table`` is the state array that
+    the run's earlier streams drew from (or :func:`empty_table`); its
+    ``idum`` slot is set to ``idum`` and the same array is returned, so the
+    new stream starts on the table the earlier streams left and its draws
+    update that shared table in place, as C's static ``iy``/``iv`` do.
+    """
+    if table is None:
+        return new_stream(idum)
+    table[0] = idum
+    return table
 
 
 def stream_from_user_seed(seed):
@@ -464,8 +500,7 @@ def _c_double_to_uint16(value):
     return np.uint16(np.int64(value) & 0xFFFF)
 
 
-@njit(cache=True)
-def noise_image(float_image, active, seed_c, adc_offset):
+def noise_image(float_image, active, seed_c, adc_offset, table=None):
     """Photon-counting image with Poisson noise, as nanoBragg writes it.
 
     Parameters
@@ -480,6 +515,10 @@ def noise_image(float_image, active, seed_c, adc_offset):
         C-internal seed (the negated ``-seed`` value, e.g. -12345).
     adc_offset : float
         Constant added to every active pixel (ADU), C's ``-adc``.
+    table : int64 array or None
+        The generator state the run's earlier streams left (C's shared
+        shuffle table, see :func:`stream`); it is copied, not changed.
+        None gives the noise stream a table of its own.
 
     Returns
     -------
@@ -488,7 +527,13 @@ def noise_image(float_image, active, seed_c, adc_offset):
         of the Poisson deviates; ``overloads`` counts active pixels whose
         value exceeded 65535 and was clipped.
     """
-    state = new_stream(seed_c)
+    state = stream(seed_c, None if table is None else table.copy())
+    return _noise_image(float_image, active, state, adc_offset)
+
+
+@njit(cache=True)
+def _noise_image(float_image, active, state, adc_offset):
+    """:func:`noise_image` drawing from the uniform-stream ``state``."""
     pstate = new_sampler_state()
     n_slow, n_fast = float_image.shape
     image = np.zeros((n_slow, n_fast), dtype=np.uint16)

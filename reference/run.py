@@ -191,7 +191,7 @@ def _run(cfg: Config, echo: bool, staged: _Staged):
 
     if cfg.calculate_noise:
         from reference import rng
-        noisy, photons, overloads = rng.noise_image(image, roi, sc.seed, cfg.adc_offset)
+        noisy, photons, overloads = rng.noise_image(image, roi, sc.seed, cfg.adc_offset, sc.rng_table)
         log("%.0f photons on noise image (%d overloads)" % (photons, overloads))
         _announce_replacement(cfg.noisefile, log)
         log("writing %s as %d-byte integers" % (cfg.noisefile, 2))

@@ -108,6 +108,11 @@ class Scene:
     vdivrange: float = 0.0
     vdivstep: float = 0.0
     seed: int = 0
+    # generator states (int64 arrays, see reference.rng): the mosaic stream as
+    # it starts, and what the set-up streams left for the noise stream (None:
+    # the noise stream gets a table of its own, spec mode)
+    mosaic_stream: np.ndarray = None
+    rng_table: np.ndarray = None
     misset: tuple = (0.0, 0.0, 0.0)      # radians, as applied to the reciprocal cell
     # the detector before rotation, for engines that re-derive the placement
     convention: str = "mosflm"
@@ -445,8 +450,12 @@ def build_scene(cfg: Config, echo: bool = True) -> Scene:
             interpolate = 0
 
     # ---- unit cell and orientation ----
+    from reference import rng
     from reference.crystal import build_cell
-    cell = build_cell(cfg, lambda0, log)
+    # C's streams share one shuffle table; parity replays them on one state,
+    # in C's order (misset, mosaic domains, noise)
+    rng_table = rng.empty_table() if parity else None
+    cell = build_cell(cfg, lambda0, log, rng_table)
 
     a, b, c = cell.a, cell.b, cell.c                 # metres
     if sample_x > 0:
@@ -505,7 +514,8 @@ def build_scene(cfg: Config, echo: bool = True) -> Scene:
 
     # ---- mosaic domains ----
     from reference.crystal import mosaic_domain_matrices
-    umats = mosaic_domain_matrices(mosaic_spread, mosaic_domains, cfg.mosaic_seed)
+    mosaic_stream = rng.stream(cfg.mosaic_seed, None if rng_table is None else rng_table.copy())
+    umats = mosaic_domain_matrices(mosaic_spread, mosaic_domains, cfg.mosaic_seed, rng_table)
     log("  created a total of %d mosaic domains" % mosaic_domains)
 
     if oversample <= 0:
@@ -573,7 +583,8 @@ def build_scene(cfg: Config, echo: bool = True) -> Scene:
         sources=src.direction, source_lambda=src.wavelength, source_weight=src.weight,
         mosaic_umats=umats, mosaic_spread=mosaic_spread, steps=steps, fluence=fluence, I_bg=I_bg,
         lambda0=lambda0, dispersion=dispersion, divsteps=src.divsteps, hdivrange=hdivrange,
-        hdivstep=hdivstep, vdivrange=vdivrange, vdivstep=vdivstep, seed=seed, misset=cell.misset,
+        hdivstep=hdivstep, vdivrange=vdivrange, vdivstep=vdivstep, seed=seed, mosaic_stream=mosaic_stream,
+        rng_table=rng_table, misset=cell.misset,
         convention=conv, pivot=pivot, fdet0=fdet0, sdet0=sdet0, odet0=odet0, twotheta_axis=twotheta_axis,
         pivot_F=pivot_F, pivot_S=pivot_S, placement_distance=placement_distance, lines=log.lines))
     return sc

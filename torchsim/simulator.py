@@ -90,14 +90,19 @@ def axis_angle_matrices(axes, angles):
 
 
 def _mosaic_draws(scene):
-    """Each domain's rotation axis and angle fraction, from C's generator and seed."""
+    """Each domain's rotation axis and angle fraction, from C's generator and seed.
+
+    The draws start from the scene's mosaic stream, so that with ``-c_parity``
+    they continue on the shuffle table a random misset left, as the
+    reference's matrices do.
+    """
     from reference import rng
     M = scene.mosaic_umats.shape[0]
     axes, fractions = np.zeros((M, 3)), np.zeros(M)
     if scene.mosaic_spread <= 0.0 or M == 1:
         axes[:, 2] = 1.0
         return axes, fractions
-    state = rng.new_stream(scene.cfg.mosaic_seed)
+    state = scene.mosaic_stream.copy()
     for m in range(M):
         r1, r2, r3 = (2.0 * rng.ran1(state) - 1.0 for _ in range(3))
         xy = math.sqrt(1.0 - r2 * r2)
