@@ -18,6 +18,7 @@ long header values (which once overflowed the SMV header) occur too.
 
 from __future__ import annotations
 
+import base64
 import math
 import os
 from dataclasses import dataclass, field
@@ -68,13 +69,25 @@ class Scene:
                 fh.write(data)
 
     def to_json(self) -> dict:
-        return {"tokens": list(self.tokens), "families": list(self.families),
-                "files": {k: v.decode("latin-1") for k, v in self.files.items()}}
+        """A JSON-ready dict: text files as text, binary ones (Fdump, SMV) in base64."""
+        text, binary = {}, {}
+        for name, data in self.files.items():
+            try:
+                decoded = data.decode("ascii")
+                if all(c.isprintable() or c in "\n\t" for c in decoded):
+                    text[name] = decoded
+                    continue
+            except UnicodeDecodeError:
+                pass
+            binary[name] = base64.b64encode(data).decode("ascii")
+        return {"tokens": list(self.tokens), "families": list(self.families), "files": text,
+                "binary_files": binary}
 
     @classmethod
     def from_json(cls, data: dict) -> "Scene":
-        return cls(list(data["tokens"]), {k: v.encode("latin-1") for k, v in data.get("files", {}).items()},
-                   list(data.get("families", [])))
+        files = {k: v.encode("ascii") for k, v in data.get("files", {}).items()}
+        files.update({k: base64.b64decode(v) for k, v in data.get("binary_files", {}).items()})
+        return cls(list(data["tokens"]), files, list(data.get("families", [])))
 
 
 # --------------------------------------------------------------------------
