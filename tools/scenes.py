@@ -279,9 +279,11 @@ def scenes(draw, profile: str = "quick", outputs: bool = True) -> Scene:
     elif family("fdump_reuse", 0.25):
         text = _hkl_text(seed_rng, draw(st.integers(2, lim["span"])), 0.8, "lines")
         files["Fdump.bin"] = _fdump_bytes(text, float(default_F or 0.0))
-    if default_F is not None or "hkl_file" not in used and "fdump_reuse" not in used:
+    if "hkl_file" not in used and "fdump_reuse" not in used:
+        default_F = draw(number(1, 100))         # the only structure factor: not zero
+    if default_F is not None:
         used.append("default_F")
-        args += ["-default_F", default_F if default_F is not None else draw(number(1, 100))]
+        args += ["-default_F", default_F]
 
     # ---- beam ----
     if family("wavelength", 0.9) or "crystal_matrix" in used:

@@ -39,8 +39,12 @@ def sinc3(x: torch.Tensor, as_c: bool = False) -> torch.Tensor:
     otherwise the Taylor series is used below |x| = 1e-3.
     """
     if as_c:
-        xs = torch.where(x == 0, torch.ones_like(x), x)
-        return torch.where(x == 0, torch.ones_like(x), 3.0 * (torch.sin(xs) / xs - torch.cos(xs)) / (xs * xs))
+        # C's cancellation happens in double precision: reproduce it there, whatever the compute dtype
+        # (in float32 the same closed form cancels far sooner, errors of 1e-4 next to a node)
+        x64 = x.to(torch.float64)
+        xs = torch.where(x64 == 0, torch.ones_like(x64), x64)
+        value = torch.where(x64 == 0, torch.ones_like(x64), 3.0 * (torch.sin(xs) / xs - torch.cos(xs)) / (xs * xs))
+        return value.to(x.dtype)
     if x.dtype == torch.float64:
         # as the reference: closed form down to 1e-3, where it is still exact to ~1e-10
         small = x.abs() < 1e-3
