@@ -45,9 +45,9 @@ class _CheckedNumbers(StrictNumbers):
         return value
 
 
-def _check_value(name, values):
+def _check_value(flag, name, values):
     """Reject values that no run can use (zero pixels, zero wavelength...)."""
-    if name in _POSITIVE and StrictNumbers(name).f(values[0]) <= 0:
+    if flag.names[0] in _POSITIVE and StrictNumbers(name).f(values[0]) <= 0:
         raise InputError(f"{name} must be positive, got '{values[0]}'")
 
 
@@ -64,7 +64,7 @@ def _take_values(tokens, i, flag):
         if not values:
             raise InputError(f"{name} needs at least one value")
         return values
-    if name == "-misset" and rest and "rand" in rest[0]:
+    if flag is BY_NAME["-misset"] and rest and "rand" in rest[0]:
         return rest[:1]
     wanted = flag.nvalues
     values = rest[:wanted]
@@ -73,8 +73,90 @@ def _take_values(tokens, i, flag):
     return values
 
 
-def _scan(tokens):
-    """Split the tokens into (flag, values) pairs, rejecting anything unknown."""
+def _c_line(tokens):
+    """The C program's command line and where each token lands in it.
+
+    Returns (C's tokens, for each of ``tokens`` its index among C's tokens or
+    None).  Our own flags and their values are left out: C never sees them,
+    so they must neither count in its ``argc`` nor be read as its values.  A
+    token spelled like one of our flags is that flag, since values never
+    look like flags.
+    """
+    c_tokens, where, skip = [], [], 0
+    for token in tokens:
+        flag = BY_NAME.get(token)
+        if skip:
+            skip -= 1
+            where.append(None)
+        elif flag is not None and flag.ours:
+            skip = max(flag.nvalues, 0)
+            where.append(None)
+        else:
+            where.append(len(c_tokens))
+            c_tokens.append(token)
+    return c_tokens, where
+
+
+def _run_c_handlers(cfg: Config, tokens, i0, numbers) -> list:
+    """Run on ``cfg`` the handlers C runs for argument ``tokens[i0]``; return them, in C order.
+
+    ``tokens`` is C's command line (see :func:`_c_line`).
+    """
+    token = tokens[i0]
+    argc, i = len(tokens) + 1, i0 + 1            # C counts the program name
+    ran = []
+    for flag in FLAGS:
+        if flag.ours or not flag.c_match(token) or not argc > i + flag.c_need:
+            continue
+        values = tokens[i0 + 1:i0 + 7]
+        if flag.nvalues != 0 and not values:
+            continue
+        ran.append(flag)
+        outcome = flag.action(cfg, values, numbers)
+        if flag.stop or outcome == "stop":
+            break
+    return ran
+
+
+def _c_reading(c_tokens, j) -> list:
+    """The handlers C runs for its argument ``c_tokens[j]``, without changing anything."""
+    ran = _run_c_handlers(Config(), c_tokens, j, CNumbers())
+    # C takes -mask in a scan of its own before the handlers, with the same kind of test
+    if "-mask" in c_tokens[j] and j + 1 < len(c_tokens):
+        ran.insert(0, BY_NAME["-mask"])
+    return ran
+
+
+def _names(flags) -> str:
+    return ", ".join(f.names[0] for f in flags)
+
+
+def _values_for_several(tokens, i, flags):
+    """Values of a token that runs several C handlers (-c_parity only).
+
+    C reads whatever follows; we take the tokens that do not look like flags,
+    up to the most values any of the handlers reads.
+    """
+    most = max(6 if f.nvalues == -6 else f.nvalues for f in flags)
+    values = []
+    for text in tokens[i + 1:i + 1 + most]:
+        if _looks_like_flag(text):
+            break
+        values.append(text)
+    return values
+
+
+def _scan(tokens, notes=None):
+    """Split the tokens into (token, flag, values) triples, rejecting anything unknown.
+
+    A token that is not a flag's exact spelling is read the C way: when C's
+    substring test gives it to exactly one handler, it is that flag, and a
+    line saying so is added to ``notes``.  When it runs several handlers,
+    it is an error, except under -c_parity, where its flag is None and the
+    C replay runs them all.  A token that C would ignore is an error.
+    """
+    parity = "-c_parity" in tokens
+    c_tokens, where = _c_line(tokens)
     pairs = []
     i = 0
     while i < len(tokens):
@@ -83,7 +165,22 @@ def _scan(tokens):
             raise InputError(f"unexpected argument '{token}' (values must follow their flag)")
         flag = BY_NAME.get(token)
         if flag is None:
-            raise _unknown_flag(token)
+            ran = _c_reading(c_tokens, where[i]) if where[i] is not None else []
+            if not ran:
+                raise _unknown_flag(token)
+            if len(ran) > 1:
+                if not parity:
+                    raise InputError(f"ambiguous flag '{token}': the C program would run all of {_names(ran)} "
+                                     f"for it (quirk (e)); spell the one you mean")
+                values = _values_for_several(tokens, i, ran)
+                if notes is not None:
+                    notes.append(f"reading {token} as {_names(ran)}, as the C program does")
+                pairs.append((token, None, values))
+                i += 1 + len(values)
+                continue
+            flag = ran[0]
+            if notes is not None:
+                notes.append(f"reading {token} as {flag.names[0]}")
         values = _take_values(tokens, i, flag)
         pairs.append((token, flag, values))
         i += 1 + len(values)
@@ -91,30 +188,15 @@ def _scan(tokens):
 
 
 def _replay_like_c(cfg: Config, tokens) -> None:
-    """Run every handler the C program would run, the way it would run it."""
+    """Run every handler the C program would run, the way it would run it.
+
+    ``tokens`` is the C program's command line (see :func:`_c_line`): our
+    own flags must not count in C's ``argc`` nor be read as C values.
+    """
     numbers = CNumbers()
-    argc = len(tokens) + 1                       # C counts the program name
     for i0, token in enumerate(tokens):
-        if not token.startswith("-"):
-            continue
-        known = BY_NAME.get(token)
-        if known is not None and known.ours:
-            _apply(cfg, known, tokens[i0 + 1:i0 + 1 + max(known.nvalues, 0)], StrictNumbers(token))
-            continue
-        i = i0 + 1                                # C index of this argument
-        for flag in FLAGS:
-            if flag.ours or not flag.c_match(token) or not argc > i + flag.c_need:
-                continue
-            values = tokens[i0 + 1:i0 + 7]
-            if flag.nvalues != 0 and not values:
-                continue
-            outcome = flag.action(cfg, values, numbers)
-            if flag.stop or outcome == "stop":
-                break
-
-
-def _apply(cfg, flag, values, numbers):
-    flag.action(cfg, values, numbers)
+        if token.startswith("-"):
+            _run_c_handlers(cfg, tokens, i0, numbers)
 
 
 def _apply_header(cfg: Config, path: str, is_mask: bool) -> None:
@@ -165,26 +247,31 @@ def _apply_header(cfg: Config, path: str, is_mask: bool) -> None:
 def parse_args(tokens) -> Config:
     """Build a :class:`Config` from the command-line tokens (without the program name)."""
     tokens = list(tokens)
-    pairs = _scan(tokens)
+    notes = []
+    pairs = _scan(tokens, notes)
     parity = any(name == "-c_parity" for name, _, _ in pairs)
 
     cfg = Config()
     cfg.c_parity = parity
+    cfg.spelling_notes = notes
     # validate every value strictly, whatever the mode
     scratch = Config()
     for name, flag, values in pairs:
-        _check_value(name, values)
+        if flag is None:                # several C handlers (-c_parity): C's atof reads the values
+            continue
+        _check_value(flag, name, values)
         flag.action(scratch, values, _CheckedNumbers(name))
 
+    c_tokens, _ = _c_line(tokens)
     # the -mask and -img headers come first, mask before image (C order)
     if parity:
         # C scans every argument: the last one containing "-mask"/"-img" wins
         mask = img = None
-        for i, t in enumerate(tokens[:-1]):
+        for i, t in enumerate(c_tokens[:-1]):
             if t.startswith("-") and "-mask" in t:
-                mask = tokens[i + 1]
+                mask = c_tokens[i + 1]
             if t.startswith("-") and "-img" in t:
-                img = tokens[i + 1]
+                img = c_tokens[i + 1]
     else:
         mask, img = scratch.mask_file, scratch.img_file
     if mask:
@@ -193,7 +280,10 @@ def parse_args(tokens) -> Config:
         _apply_header(cfg, img, is_mask=False)
 
     if parity:
-        _replay_like_c(cfg, tokens)
+        for name, flag, values in pairs:
+            if flag is not None and flag.ours:
+                flag.action(cfg, values, StrictNumbers(name))
+        _replay_like_c(cfg, c_tokens)
     else:
         for name, flag, values in pairs:
             flag.action(cfg, values, StrictNumbers(name))
@@ -236,6 +326,8 @@ def main(argv=None) -> int:
         return 0 if argv else 2
     try:
         cfg = parse_args(argv)
+        for note in cfg.spelling_notes:
+            print(f"nanobragg: note: {note}", file=sys.stderr)
         from reference.run import run
         run(cfg)
     except InputError as exc:

@@ -157,3 +157,4 @@ class Config:
     header_twotheta: float | None = None
     mask_image: object = None            # uint16 (slow, fast) array from -mask
     header_notes: list = field(default_factory=list)   # lines to print when the run starts
+    spelling_notes: list = field(default_factory=list)  # flags read under another spelling, for stderr

@@ -9,7 +9,9 @@ descriptions of when it fires:
 * ``names``: the exact spellings that mean this flag (what the user intends);
 * ``c_match``: the C program's own test on the argument.
 
-In spec mode an argument runs only the handler whose ``names`` contain it.
+In spec mode an argument runs only the handler whose ``names`` contain it; a
+token that is no exact spelling is the flag of the one handler whose
+``c_match`` (and ``c_need``) would accept it, as C would run it.
 With ``-c_parity`` the arguments are replayed the C way: every handler whose
 ``c_match`` accepts the argument runs, in the C program's order, reading its
 values with C's ``atof``/``atoi``.  The handler list is in the C order.
