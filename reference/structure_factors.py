@@ -39,7 +39,8 @@ def load_structure_factors(cfg, log) -> StructureFactors:
         return StructureFactors(np.zeros((1, 1, 1)), (0, 0, 0), (0, 0, 0), 0)
 
     log("counting entries in %s" % cfg.hkl_file)
-    table = fileio.read_hkl(cfg.hkl_file)
+    # -c_parity reads the file exactly as C's two fscanf() passes do
+    table = fileio.read_hkl(cfg.hkl_file, c_parity=cfg.c_parity)
     for warning in table.warnings:
         log(warning)
     if cfg.default_F != 0.0:

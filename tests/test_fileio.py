@@ -13,6 +13,8 @@ import pytest
 from reference.errors import InputError
 from reference.fileio import (
     HKLTable,
+    _scanf_double,
+    _scanf_int,
     check_writable,
     fill_default,
     format_smv_header,
@@ -65,7 +67,7 @@ def _header_fields_from(image) -> list:
 # ---------------------------------------------------------------------------
 
 def test_hkl_dense_layout_and_padding(tmp_path):
-    path = _write_text(tmp_path / "a.hkl", "# comment\n\n 0 0 0 10\n1 -1 2 20.5 0.3 extra\n-2 0 1 5\n")
+    path = _write_text(tmp_path / "a.hkl", "# comment\n\n 0 0 0 10\n1 -1 2 20.5\t\r\n-2 0 1 5\n")
     table = read_hkl(path)
     assert (table.h_min, table.h_max, table.k_min, table.k_max, table.l_min, table.l_max) == (-2, 1, -1, 0, 0, 2)
     assert table.values.shape == (5, 3, 4)  # range + 1 padding slot per axis
@@ -142,6 +144,9 @@ def test_fdump_bad_header(tmp_path):
     ("0 0 0 1\n1 1 1\n", 2, "found 3"),
     ("0 0 0 1\n\n# c\n1 x 1 2\n", 4, "'x' is not a number"),
     ("0 0 0 1_0\n", 1, "not a number"),
+    ("0 0 0 10 0.5\n1 0 0 20 0.6\n", 1, "found 5"),          # h k l F sigma
+    ("0 0 0 10 1 0 0\n20\n", 1, "found 7"),                  # a reflection split over lines
+    ("0 0 0 1\n1 0 0 2 # note\n", 2, "'#' is not a number"),  # only whole lines are comments
 ])
 def test_hkl_malformed_line_names_file_and_line(tmp_path, text, line, what):
     path = _write_text(tmp_path / "bad.hkl", text)
@@ -149,6 +154,142 @@ def test_hkl_malformed_line_names_file_and_line(tmp_path, text, line, what):
         read_hkl(path)
     message = str(info.value)
     assert f"{path}:{line}:" in message and what in message and "\n" not in message
+
+
+# Files checked against the C binary: the expected grids below are what its Fdump.bin
+# held (limits, count printed as "initialized hkls", non-zero values; -default_F 0).
+_TWO_PER_LINE = "0 0 0 10 1 0 0 20\n-1 1 0 30\n"
+_FIVE_COLUMNS = "0 0 0 10 0.5\n1 0 0 20 0.6\n2 0 0 30 0.7\n"
+_COMMENT_INSIDE = "0 0 0 10\n# comment\n1 0 0 20\n"
+_INDEX_ONE_POINT_ZERO = "0 0 0 10\n1.0 0 0 20\n2 0 0 30\n"
+
+
+def _limits(table):
+    return (table.h_min, table.h_max, table.k_min, table.k_max, table.l_min, table.l_max)
+
+
+def _listed(table):
+    """{(h, k, l): F} for every non-zero slot, padding slots included."""
+    lows = (table.h_min, table.k_min, table.l_min)
+    return {tuple(int(i) + low for i, low in zip(slot, lows)): float(table.values[slot])
+            for slot in zip(*np.nonzero(table.values))}
+
+
+@pytest.mark.parametrize("c_parity", [False, True])
+def test_hkl_two_reflections_on_one_line(tmp_path, c_parity):
+    table = read_hkl(_write_text(tmp_path / "two.hkl", _TWO_PER_LINE), c_parity=c_parity)
+    assert _limits(table) == (-1, 1, 0, 1, 0, 0) and table.count == 3
+    assert _listed(table) == {(0, 0, 0): 10.0, (1, 0, 0): 20.0, (-1, 1, 0): 30.0}
+
+
+def test_hkl_five_columns(tmp_path):
+    path = _write_text(tmp_path / "five.hkl", _FIVE_COLUMNS)
+    with pytest.raises(InputError, match=r"five\.hkl:1: expected 'h k l F' .*found 5"):
+        read_hkl(path)
+    # C reads (0 0 0 10) (0.5 1 0 0) (20 0.6 2 0): 3 reflections whose bounds it truncates
+    # to ints; the second pass reads h = 0 from "0.5" and stops at ".5"
+    table = read_hkl(path, c_parity=True)
+    assert _limits(table) == (0, 20, 0, 1, 0, 2) and table.count == 3
+    assert _listed(table) == {(0, 0, 0): 10.0}
+    assert table.warnings[:2] == ["WARNING: non-integer value for h (0.5) at line 1",
+                                  "WARNING: non-integer value for k (0.6) at line 2"]
+    fill_default(table, 3.0)
+    assert table.values[1, 0, 0] == 3.0 and table.values[20, 1, 2] == 3.0
+
+
+def test_hkl_comment_line_inside_the_file(tmp_path):
+    path = _write_text(tmp_path / "comment.hkl", _COMMENT_INSIDE)
+    table = read_hkl(path)
+    assert _limits(table) == (0, 1, 0, 0, 0, 0) and table.count == 2
+    parity = read_hkl(path, c_parity=True)
+    assert _limits(parity) == (0, 0, 0, 0, 0, 0) and parity.count == 1  # C stops at '#'
+    assert _listed(parity) == {(0, 0, 0): 10.0}
+    assert any("comment.hkl line 2" in w and "'#'" in w for w in parity.warnings)
+
+
+def test_hkl_index_written_as_real_number(tmp_path):
+    path = _write_text(tmp_path / "real.hkl", _INDEX_ONE_POINT_ZERO)
+    table = read_hkl(path)
+    assert table.warnings == [] and _listed(table) == {(0, 0, 0): 10.0, (1, 0, 0): 20.0, (2, 0, 0): 30.0}
+    # C: the first pass counts 3 reflections for the ranges, the second stops inside "1.0"
+    parity = read_hkl(path, c_parity=True)
+    assert _limits(parity) == (0, 2, 0, 0, 0, 0) and parity.count == 3
+    assert _listed(parity) == {(0, 0, 0): 10.0}
+    fill_default(parity, 7.0)
+    assert parity.values[1, 0, 0] == 7.0 and parity.values[2, 0, 0] == 7.0
+
+
+def test_hkl_parity_non_integer_bounds_and_stream_shift(tmp_path):
+    # non-integer indices: C's int bounds truncate toward zero (1.6 -> 1, -0.7 -> 0) and
+    # C's warning numbers the reflections from 0
+    table = read_hkl(_write_text(tmp_path / "frac.hkl", "0 0 0 10\n1.6 0 -0.7 20\n-1 0 1 30\n"),
+                     c_parity=True)
+    assert _limits(table) == (-1, 1, 0, 0, 0, 1) and table.count == 3
+    assert _listed(table) == {(0, 0, 0): 10.0}
+    assert table.warnings[:2] == ["WARNING: non-integer value for h (1.6) at line 1",
+                                  "WARNING: non-integer value for l (-0.7) at line 1"]
+    # "1.5" as l: the second pass reads l = 1 and F = .5, then (1 0 2 5), which lands in
+    # C's padding slots and shows in its Fdump.bin
+    shifted = read_hkl(_write_text(tmp_path / "shift.hkl", "0 0 0 10\n0 0 1.5 1 0 2 5\n"), c_parity=True)
+    assert _limits(shifted) == (0, 0, 0, 0, 0, 1) and shifted.count == 2
+    assert _listed(shifted) == {(0, 0, 0): 10.0, (0, 0, 1): 0.5, (1, 0, 2): 5.0}
+    # glibc's spellings: "1e" reads 1, "0x10" 16; "%d" stops inside "0x2"
+    odd = read_hkl(_write_text(tmp_path / "odd.hkl", "0 0 0 1e\n1 0 0 0x10\n0x2 0 0 4\n"), c_parity=True)
+    assert _limits(odd) == (0, 2, 0, 0, 0, 0) and odd.count == 3
+    assert _listed(odd) == {(0, 0, 0): 1.0, (1, 0, 0): 16.0}
+
+
+def test_hkl_parity_store_outside_c_table_is_an_error(tmp_path):
+    # the shifted second pass would store (1 0 7) past the l axis: undefined in C
+    path = _write_text(tmp_path / "oob.hkl", "0 0 0 10\n0 0 1.5 1\n0 7 5 3\n")
+    with pytest.raises(InputError, match=r"oob\.hkl:3: .*\(1 0 7\) outside"):
+        read_hkl(path, c_parity=True)
+    with pytest.raises(InputError, match=r"stops at line 1, '#'"):
+        read_hkl(_write_text(tmp_path / "c.hkl", "# header\n0 0 0 1\n"), c_parity=True)
+
+
+def test_c_scanf_emulation_matches_glibc():
+    # (text, value, characters consumed), measured with glibc's fscanf on the C program's machine
+    doubles = [("1e x", 1.0, 2), ("1e+x", 1.0, 3), ("1.x", 1.0, 2), ("-.5x", -0.5, 3), (".x", None, 0),
+               ("-x", None, 0), ("0x1p3x", 8.0, 5), ("0xg", None, 0), ("0x.x", 0.0, 3), ("0x.p3x", 0.0, 3),
+               ("infx", math.inf, 3), ("infinityx", math.inf, 8), ("infinx", None, 0),
+               ("nan(12)x", math.nan, 3), ("1,2", 1.0, 1), ("1e400x", math.inf, 5), ("4.9e-330x", 0.0, 8),
+               ("-0x1.8p1x", -3.0, 8), ("  \f\v7", 7.0, 5)]
+    for text, value, used in doubles:
+        got, end = _scanf_double(text, 0)
+        if value is None:
+            assert got is None, text
+        else:
+            assert (got == value or (math.isnan(got) and math.isnan(value))) and end == used, text
+    ints = [("1.0x", 1, 1), ("+3x", 3, 2), ("-x", None, 0), ("0x10", 0, 1), ("2147483648x", -2147483648, 10),
+            ("99999999999x", 1215752191, 11), ("-2147483649x", 2147483647, 11), ("1e2x", 1, 1)]
+    for text, value, used in ints:
+        got, end = _scanf_int(text, 0)
+        assert got == value and (value is None or end == used), text
+
+
+@pytest.mark.parametrize("c_parity", [False, True])
+def test_hkl_clean_file_shortcut_agrees_with_careful_readers(tmp_path, c_parity):
+    rng = np.random.default_rng(5)
+    rows = [f"{h} {k} {l} {f:.3f}" for h, k, l, f in zip(rng.integers(-4, 5, 300), rng.integers(-3, 4, 300),
+                                                          rng.integers(-2, 3, 300), rng.uniform(0, 100, 300))]
+    clean = _write_text(tmp_path / "clean.hkl", "\n".join(rows) + "\n\n")
+    careful = _write_text(tmp_path / "careful.hkl", "\n".join(rows) + "\n#\n")  # the '#' defeats the shortcut
+    fast, slow = read_hkl(clean, c_parity=c_parity), read_hkl(careful, c_parity=c_parity)
+    assert _limits(fast) == _limits(slow) and fast.count == slow.count == 300
+    assert np.array_equal(fast.values, slow.values) and np.array_equal(fast.given, slow.given)
+
+
+def test_hkl_mode_reaches_the_reader_from_the_command_line(capsys):
+    from reference.cli import main
+
+    Path("comment.hkl").write_text(_COMMENT_INSIDE)
+    args = ["-hkl", "comment.hkl", "-cell", "50", "-detpixels", "8", "-pixel", "0.1", "-distance", "100",
+            "-nonoise", "-nopgm", "-noprogress"]
+    for mode, count, limits in [([], 2, b"0 1 0 0 0 0\n\f"), (["-c_parity"], 1, b"0 0 0 0 0 0\n\f")]:
+        assert main(args + mode) == 0
+        assert f"  {count} initialized hkls" in capsys.readouterr().out
+        assert Path("Fdump.bin").read_bytes().startswith(limits)
 
 
 def test_hkl_empty_and_missing(tmp_path):
