@@ -58,7 +58,12 @@ def statistics(sc: Scene, image: np.ndarray):
     n = max(values.size, 1)
     avg = float(values.sum()) / n
     n_rms = n if n > 1 else 2
-    rms = math.sqrt(float((values * values).sum()) / (n_rms - 1))
+    if sc.cfg.c_parity:
+        # C squares its float image in single precision: tiny pixels square to 0 (quirk (r))
+        squares = (values.astype(np.float32) * values.astype(np.float32)).astype(np.float64)
+    else:
+        squares = values * values
+    rms = math.sqrt(float(squares.sum()) / (n_rms - 1))
     in_roi = image[roi].astype(np.float64)
     n_roi = in_roi.size if in_roi.size > 1 else 2
     rmsd = math.sqrt(float(((in_roi - avg) ** 2).sum()) / (n_roi - 1))
