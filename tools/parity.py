@@ -2,7 +2,8 @@
 
 Usage::
 
-    nanobragg-parity --program "COMMAND [ARGS]" [--against numba|torch64|torch32]
+    nanobragg-parity --program "COMMAND [ARGS]"
+                     [--against numba|torch64|torch32|simulator64|simulator32]
                      [--count N] [--seed S] [--jobs J] [--profile quick|thorough]
                      [--time-limit SEC] [--out DIR]
     nanobragg-parity --replay DIR_OR_FLAGS --program "COMMAND [ARGS]"
@@ -43,6 +44,9 @@ AGAINST = {
     "numba": ["-c_parity", "-noprogress"],
     "torch64": ["-c_parity", "-noprogress", "-engine", "torch", "-dtype", "float64"],
     "torch32": ["-c_parity", "-noprogress", "-engine", "torch", "-dtype", "float32"],
+    # the differentiable Simulator's forward pass as the float image (files and printout as torch's)
+    "simulator64": ["-c_parity", "-noprogress", "-engine", "torch", "-dtype", "float64"],
+    "simulator32": ["-c_parity", "-noprogress", "-engine", "torch", "-dtype", "float32"],
 }
 DEFAULT_COUNT = {"quick": 40, "thorough": 2000}
 
@@ -99,7 +103,7 @@ def run_reference(against: str, scene: Scene, folder: str) -> RunOutput:
     start = time.perf_counter()
     try:
         os.chdir(folder)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _simulator_images(against):
             rc = reference_main(AGAINST[against] + scene.tokens)
     except Exception as exc:          # a bug of ours: report it as the reference failing
         rc = 99
@@ -107,6 +111,40 @@ def run_reference(against: str, scene: Scene, folder: str) -> RunOutput:
     finally:
         os.chdir(here)
     return RunOutput(rc, out.getvalue(), err.getvalue(), time.perf_counter() - start, folder)
+
+
+@contextlib.contextmanager
+def _simulator_images(against: str):
+    """For ``simulator*``: the command line's float image comes from ``torchsim.Simulator``.
+
+    The torch engine still renders (for the printout's solid angle and the
+    interpolation warning); its image is replaced by the Simulator's forward
+    pass, so the outputs and statistics test the differentiable model.
+    """
+    if not against.startswith("simulator"):
+        yield
+        return
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from reference import run as run_module
+    from torchsim.simulator import Simulator
+    engine_render = run_module.render_float_image
+    dtype = torch.float64 if against == "simulator64" else torch.float32
+
+    def render(sc, progress):
+        result = engine_render(sc, progress)
+        with torch.no_grad():
+            image = Simulator(sc.cfg, dtype=dtype)().cpu().numpy()
+        return dataclasses.replace(result, image=np.asarray(image, dtype=np.float32))
+
+    run_module.render_float_image = render
+    try:
+        yield
+    finally:
+        run_module.render_float_image = engine_render
 
 
 def scene_key(scene: Scene) -> str:
@@ -357,10 +395,11 @@ def parse_args(argv):
     p.add_argument("--program", help='the program under test and its fixed arguments, e.g. "$NB_C_BIN" '
                                      'or "nanobragg -engine torch -dtype float64 -c_parity"')
     p.add_argument("--against", choices=sorted(AGAINST), default="numba",
-                   help="our engine on the reference side (always with -c_parity; default numba)")
+                   help="our side, always with -c_parity: the numba reference (default), the torch "
+                        "engine, or the differentiable Simulator, in float64 or float32")
     p.add_argument("--precision", choices=("float64", "float32"), default=None,
                    help="criteria: float64 (specs/tolerances.md) or float32 (%.0e of the maximum); "
-                        "default float32 with --against torch32, else float64" % FLOAT32_OF_MAX)
+                        "default float32 with a float32 --against, else float64" % FLOAT32_OF_MAX)
     p.add_argument("--count", type=int, default=None, help="scenes to run (default: 40 quick, 2000 thorough)")
     p.add_argument("--seed", type=int, default=0, help="seed of the scene generator (default 0)")
     p.add_argument("--jobs", type=int, default=1, help="scenes run in parallel processes (default 1)")
@@ -388,7 +427,7 @@ def parse_args(argv):
     if args.count < 1 or args.jobs < 1:
         raise UsageError("--count and --jobs must be at least 1")
     if args.precision is None:
-        args.precision = "float32" if args.against == "torch32" else "float64"
+        args.precision = "float32" if args.against.endswith("32") else "float64"
     return args
 
 
