@@ -154,3 +154,39 @@ def test_output_file_names_are_the_generators():
     tokens = ["-floatfile", FLOAT_FILE, "-intfile", INT_FILE, "-noisefile", NOISE_FILE, "-pgmfile", PGM_FILE]
     assert parity.output_files(tokens) == {"float": FLOAT_FILE, "int": INT_FILE, "noise": NOISE_FILE,
                                            "pgm": PGM_FILE}
+
+
+def test_printed_statistics_compare_overflowed_runs_as_equal():
+    from tools.compare_outputs import _same_statistic
+    assert _same_statistic(float("inf"), float("inf"), 0.0)
+    assert _same_statistic(float("nan"), float("nan"), 0.0)
+    assert _same_statistic(1.0, 1.0 + 1e-6, 0.0)
+    assert not _same_statistic(1.0, 1.001, 0.0)
+    assert not _same_statistic(float("inf"), 1.0, 0.0)
+
+
+def _c_style_smv(path, declared: int, pad_to: int, pixels):
+    """An SMV file as C writes it: the text, spaces only up to ``pad_to``, then the pixels."""
+    import numpy as np
+    text = "{\nHEADER_BYTES=%d;\nSIZE1=%d;\nSIZE2=%d;\nCOMMENT=%s;\n}\f" % (
+        declared, pixels.shape[1], pixels.shape[0], "x" * 560)
+    path.write_bytes(text.encode().ljust(pad_to, b" ") + pixels.astype("<u2").tobytes())
+
+
+def test_header_overflow_is_a_deliberate_difference_not_a_failure(tmp_path):
+    """quirk (o): C's long header declares 512 bytes and its pixels follow the text directly."""
+    import numpy as np
+    from tools.compare_outputs import _headers_agree, read_smv
+    pixels = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    _c_style_smv(tmp_path / "c.img", 512, 0, pixels)
+    _c_style_smv(tmp_path / "ours.img", 1024, 1024, pixels)
+    c, ours = read_smv(str(tmp_path / "c.img")), read_smv(str(tmp_path / "ours.img"))
+    assert not c.consistent and ours.consistent
+    np.testing.assert_array_equal(c.pixels, pixels)          # read from the end of C's file
+    deliberate = []
+    assert _headers_agree(c, ours, deliberate, "int image") == []
+    assert len(deliberate) == 1
+    # two files that both declare 1024 but differ elsewhere are still a difference
+    _c_style_smv(tmp_path / "other.img", 1536, 1536, pixels)
+    other = read_smv(str(tmp_path / "other.img"))
+    assert _headers_agree(other, ours, [], "int image") == ["HEADER_BYTES: '1536' vs '1024'"]

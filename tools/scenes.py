@@ -447,7 +447,9 @@ def scenes(draw, profile: str = "quick", outputs: bool = True) -> Scene:
         # synonyms the C program's substring matching accepts
         swaps = {"-lambda": "-wave", "-detpixels_f": "-detpixels_x", "-detpixels_s": "-detpixels_y",
                  "-mosaic": "-mosaicity", "-mosaic_dom": "-mosaic_domains", "-thicksteps": "-detector_thicksteps",
-                 "-tophat_spots": "-binary_spots", "-detector_abs": "-detector_absorption"}
+                 "-tophat_spots": "-binary_spots", "-detector_abs": "-detector_absorption",
+                 # not flag names, but C's substring matching reads them as one flag each
+                 "-mat": "-matrix", "-hkl": "-hklfile", "-sourcefile": "-sourcefiles"}
         args = [swaps.get(t, t) for t in args]
     if outputs:
         args += ["-floatfile", FLOAT_FILE, "-intfile", INT_FILE]
