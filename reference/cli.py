@@ -300,6 +300,12 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+# Exit status when standard output is closed early: what a shell reports for a
+# program killed by SIGPIPE (128 + 13), as the C program would be, so that a
+# script with `set -o pipefail` can tell that the output was cut short.
+EXIT_BROKEN_PIPE = 141
+
+
 def console_main() -> None:
     """The ``nanobragg`` script: run, then leave without a slow final collection.
 
@@ -312,8 +318,19 @@ def console_main() -> None:
     # installed (0.17 s measured), although no kernel here calls BLAS.  This process
     # is ours alone, so the command line hides them; the library never does.
     sys.modules.setdefault("scipy.linalg.cython_blas", None)
-    status = main()
-    sys.stdout.flush()
+    try:
+        status = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Whoever read our standard output has gone (`nanobragg -h | head`): stop
+        # quietly.  Standard output now points at /dev/null, so that the
+        # interpreter's last flush of what is still buffered cannot fail again
+        # and print a traceback at exit.
+        import os
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        status = EXIT_BROKEN_PIPE
     gc.freeze()
     sys.exit(status)
 

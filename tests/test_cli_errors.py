@@ -8,8 +8,9 @@ Every case runs ``reference.cli.main`` in-process in a fresh working folder
 * the folder holds nothing new: no float/int/noise/PGM image, no Fdump.bin,
   no temporary file.
 
-One test runs ``python -m reference.cli`` in a subprocess to prove that the
-real entry point prints no traceback either.
+Two tests run the real entry point in a subprocess, to prove that it prints
+no traceback either: on bad input, and when its standard output is a pipe
+that the reader has already closed.
 """
 
 from __future__ import annotations
@@ -408,3 +409,27 @@ def test_module_entry_point_prints_no_traceback(tmp_path):
     assert proc.stderr.startswith("nanobragg: error: ") and len(proc.stderr.splitlines()) == 1
     assert "Traceback" not in proc.stderr
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
+@pytest.mark.parametrize("args", [["-h"], GOOD], ids=["help", "run"])
+def test_closed_standard_output_stops_quietly(tmp_path, args, buffered):
+    # A real pipe whose reading end is closed before the program starts, as when
+    # `nanobragg -h | head` has already exited: the first write or flush of stdout
+    # fails.  Buffered (the usual case), output is still pending when the
+    # interpreter exits and flushes it once more.
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("PYTHONUNBUFFERED", None)
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-c", "from reference.cli import console_main; console_main()"]
+                              + args, cwd=tmp_path, env=env, stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr
+    assert proc.stderr == ""
+    assert proc.returncode == 141          # 128 + SIGPIPE, as a shell reports a program killed by the pipe
