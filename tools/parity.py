@@ -265,11 +265,22 @@ def search(program: list, against: str, precision: str, profile: str, count: int
             print(f"nanobragg-parity: note: hypothesis stopped: {type(exc).__name__}: {exc}", file=sys.stderr)
         attempt += 1
         if state["target"] is not None:
-            known.append((state["target"], set(state["last"].families)))
+            known.append((state["target"], explaining_families(state["last"])))
             failures.append(state["last"])
         elif state["ran"] == 0:
             break
     return {"tallies": tallies, "failures": [s.to_json() for s in failures]}
+
+
+# families (nearly) every scene has one of: a shrunk failure that keeps one of them is not
+# explained by it, so they do not tell one failure from another
+BASELINE_FAMILIES = {"crystal_cell", "crystal_matrix", "default_F", "hkl_file", "fdump_reuse", "wavelength"}
+
+
+def explaining_families(scene: Scene) -> set:
+    """The families of a shrunk failure that identify it (all of them if only baseline ones are left)."""
+    families = set(scene.families)
+    return (families - BASELINE_FAMILIES) or families
 
 
 def _worker(job):
@@ -308,7 +319,7 @@ def describe_failures(evaluator: Evaluator, failures: list, out_dir: str) -> lis
         # the same failure found by two workers: keep the shorter
         if any(kind == verdict.signature and fams <= set(scene.families) for kind, fams in seen):
             continue
-        seen.append((verdict.signature, set(scene.families)))
+        seen.append((verdict.signature, explaining_families(scene)))
         folder = os.path.join(out_dir, "failures", "%03d-%s" % (len(entries) + 1, verdict.signature.replace(" ", "_")))
         shutil.rmtree(folder, ignore_errors=True)
         os.makedirs(folder)
