@@ -245,7 +245,7 @@ def search(program: list, against: str, precision: str, profile: str, count: int
                 record(scene, verdict, ours, ref)
                 if is_new(scene, verdict):
                     state["target"] = verdict.signature
-                    state["last"] = scene
+                    state["last"], state["details"] = scene, verdict.details
                     state["shrink_until"] = min(time.time() + shrink_seconds, deadline + shrink_seconds)
                     _disagree(verdict.signature)
                 return
@@ -254,7 +254,7 @@ def search(program: list, against: str, precision: str, profile: str, count: int
                 return
             verdict, _, _ = evaluator.evaluate(scene)
             if is_new(scene, verdict, state["target"]):
-                state["last"] = scene
+                state["last"], state["details"] = scene, verdict.details
                 _disagree(verdict.signature)
 
         try:
@@ -266,10 +266,11 @@ def search(program: list, against: str, precision: str, profile: str, count: int
         attempt += 1
         if state["target"] is not None:
             known.append((state["target"], explaining_families(state["last"])))
-            failures.append(state["last"])
+            failures.append({"scene": state["last"].to_json(), "kind": state["target"],
+                             "details": state["details"]})
         elif state["ran"] == 0:
             break
-    return {"tallies": tallies, "failures": [s.to_json() for s in failures]}
+    return {"tallies": tallies, "failures": failures}
 
 
 # families (nearly) every scene has one of: a shrunk failure that keeps one of them is not
@@ -309,18 +310,19 @@ def _merge(parts: list) -> dict:
 
 
 def describe_failures(evaluator: Evaluator, failures: list, out_dir: str) -> list:
-    """Re-run each shrunk failure, keep its files under DIR/failures/, and describe it."""
+    """Re-run each shrunk failure, keep its files under DIR/failures/, and describe it.
+
+    A failure that does not happen again on this second run is still reported,
+    marked ``"reproduced": false`` with what differed the first time.
+    """
     entries, seen = [], []
-    scenes_found = sorted((Scene.from_json(f) for f in failures), key=lambda s: len(s.tokens))
-    for scene in scenes_found:
-        verdict, _, _ = evaluator.evaluate(scene)
-        if verdict.agree:
-            continue
+    for found in sorted(failures, key=lambda f: len(f["scene"]["tokens"])):
+        scene = Scene.from_json(found["scene"])
         # the same failure found by two workers: keep the shorter
-        if any(kind == verdict.signature and fams <= set(scene.families) for kind, fams in seen):
+        if any(kind == found["kind"] and fams <= set(scene.families) for kind, fams in seen):
             continue
-        seen.append((verdict.signature, explaining_families(scene)))
-        folder = os.path.join(out_dir, "failures", "%03d-%s" % (len(entries) + 1, verdict.signature.replace(" ", "_")))
+        seen.append((found["kind"], explaining_families(scene)))
+        folder = os.path.join(out_dir, "failures", "%03d-%s" % (len(entries) + 1, found["kind"].replace(" ", "_")))
         shutil.rmtree(folder, ignore_errors=True)
         os.makedirs(folder)
         verdict, ours, ref = evaluator.evaluate(scene, keep=folder)
@@ -328,8 +330,10 @@ def describe_failures(evaluator: Evaluator, failures: list, out_dir: str) -> lis
             json.dump(scene.to_json(), fh, indent=1)
         with open(os.path.join(folder, "command.txt"), "w") as fh:
             fh.write(scene.command() + "\n")
+        reproduced = not verdict.agree
         entries.append({
-            "command": scene.command(), "kind": verdict.signature, "differed": verdict.details,
+            "command": scene.command(), "kind": found["kind"], "reproduced": reproduced,
+            "differed": verdict.details if reproduced else found["details"] + ["(agreed when run again)"],
             "figures": verdict.figures, "families": scene.families,
             "input_files": sorted(scene.files), "program_exit": ours.returncode,
             "reference_exit": ref.returncode, "stderr_tail": ours.stderr.strip()[-800:],
@@ -378,7 +382,8 @@ def format_markdown(r: dict) -> str:
     if r["failures"]:
         lines += ["## Failures (shrunk)", ""]
         for i, f in enumerate(r["failures"], 1):
-            lines += [f"### {i}. {f['kind']}", "", "```", f["command"], "```", ""]
+            flaky = "" if f["reproduced"] else " (did not happen again when re-run)"
+            lines += [f"### {i}. {f['kind']}{flaky}", "", "```", f["command"], "```", ""]
             if f["input_files"]:
                 lines.append(f"Input files (written by the generator): {', '.join(f['input_files'])}.")
             lines += [f"- {d}" for d in f["differed"]]
