@@ -145,6 +145,14 @@ class Simulator(nn.Module):
         A_star = np.linalg.inv(np.array([a, b, c]))
         U = R.T @ A_star @ np.linalg.inv(Bcell)
         self.register_buffer("orientation", B(U))
+        # The spot shapes use C's reciprocal vectors, which for a triclinic -cell under -c_parity
+        # are not the reciprocal of C's direct cell (quirk (n)): keep the difference fixed
+        self.register_buffer("_recip_offset", B(np.zeros((3, 3))))
+        if sc.parity:
+            with torch.no_grad():
+                _, recip_rows = self.cell_vectors()
+            c_recip = np.array([sc.a_star, sc.b_star, sc.c_star], dtype=np.float64)
+            self._recip_offset = B(c_recip) - recip_rows
         self.N = P([sc.Na, sc.Nb, sc.Nc])
         self.mosaic_spread = P(math.degrees(sc.mosaic_spread))
         axes, fractions = _mosaic_draws(sc)
@@ -203,7 +211,7 @@ class Simulator(nn.Module):
                                 self.cell_beta * DEG, self.cell_gamma * DEG)
         R = rotate_xyz(torch.eye(3, dtype=Bcell.dtype, device=Bcell.device), self.misset * DEG).T
         recip = R @ self.orientation @ Bcell
-        return direct_from_reciprocal(recip) * 1e-10, recip.T
+        return direct_from_reciprocal(recip) * 1e-10, recip.T + self._recip_offset
 
     def detector(self):
         """The kernel's Detector for the current parameters."""
