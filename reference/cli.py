@@ -306,6 +306,15 @@ def usage() -> str:
 EXIT_BROKEN_PIPE = 141
 
 
+def _interrupted(exc) -> int:
+    """One line for a run stopped by a signal; its exit status is 128 + the signal number."""
+    try:
+        print(f"nanobragg: interrupted by {exc.name}", file=sys.stderr)
+    except (OSError, ValueError):
+        pass                    # a hung-up terminal (SIGHUP) may refuse the line
+    return exc.exit_status
+
+
 def console_main() -> None:
     """The ``nanobragg`` script: run, then leave without a slow final collection.
 
@@ -318,9 +327,15 @@ def console_main() -> None:
     # installed (0.17 s measured), although no kernel here calls BLAS.  This process
     # is ours alone, so the command line hides them; the library never does.
     sys.modules.setdefault("scipy.linalg.cython_blas", None)
+    # SIGINT, SIGTERM and SIGHUP raise Interrupted: the staged writes remove their
+    # temporary files on the way out (only here: importing the library installs nothing)
+    from reference import interrupts
+    interrupts.install()
     try:
         status = main()
         sys.stdout.flush()
+    except interrupts.Interrupted as exc:
+        status = _interrupted(exc)
     except BrokenPipeError:
         # Whoever read our standard output has gone (`nanobragg -h | head`): stop
         # quietly.  Standard output now points at /dev/null, so that the
@@ -331,6 +346,7 @@ def console_main() -> None:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         status = EXIT_BROKEN_PIPE
+    interrupts.restore()        # nothing left to clean up: a late signal just ends the process
     gc.freeze()
     sys.exit(status)
 

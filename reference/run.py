@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 import numpy as np
 
@@ -94,6 +95,13 @@ def header_fields(sc: Scene):
         sc.phi0 * RTD, sc.osc * RTD, sc.twotheta * RTD)
 
 
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
 def _announce_replacement(path, log):
     if os.path.exists(path):
         log(f"note: replacing existing file {path}")
@@ -103,42 +111,129 @@ class _Staged:
     """Output files written under temporary names, renamed into place only when all are done.
 
     A run that fails or is interrupted half-way therefore leaves no new output
-    file behind and replaces none of the user's files.
+    file behind and replaces none of the user's files.  Each file is staged
+    next to the file its name resolves to (through symbolic links), and the
+    rename replaces that file: a link stays a link, as when C writes through it.
     """
 
-    def __init__(self):
-        self.files = []                   # (temporary, final)
+    def __init__(self, log=print):
+        self.files = []                   # (temporary, final path, name as given, warning or None)
+        self.deferred = []                # (writer, name, args, warning)
+        self.log = log
 
-    def write(self, writer, path, *args):
-        temporary = "%s.part-%d-%d" % (path, os.getpid(), len(self.files))
-        self.files.append((temporary, path))
+    def write(self, writer, path, *args, warning=None):
+        """Write now, under a temporary name.  With ``warning``, a failure is only that warning."""
+        final = os.path.realpath(path)
+        temporary = "%s.part-%d-%d" % (final, os.getpid(), len(self.files))
+        self.files.append((temporary, final, path, warning))
         try:
             writer(temporary, *args)
         except InputError as exc:
-            raise InputError(str(exc).replace(temporary, path)) from None
+            if warning is None:
+                raise InputError(str(exc).replace(temporary, path)) from None
+            self.files.pop()
+            self.log(warning)
+
+    def defer(self, writer, path, *args, warning=None):
+        """Write at commit time, before the renames (the Fdump cache: C writes it early,
+        we write it only when the run has succeeded)."""
+        self.deferred.append((writer, path, args, warning))
 
     def commit(self):
-        for temporary, path in self.files:
-            try:
-                os.replace(temporary, path)
-            except OSError as exc:
-                raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        from reference.interrupts import held
+
+        for writer, path, args, warning in self.deferred:
+            self.write(writer, path, *args, warning=warning)
+        self.deferred = []
+        with held():                      # a signal now waits until every file is in place
+            for temporary, final, path, warning in self.files:
+                try:
+                    os.replace(temporary, final)
+                except OSError as exc:
+                    if warning is None:
+                        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+                    _remove_quietly(temporary)
+                    self.log(warning)
 
     def discard(self):
-        for temporary, _ in self.files:
-            try:
-                os.remove(temporary)
-            except OSError:
-                pass
+        from reference.interrupts import held
+
+        with held():
+            for temporary, _, _, _ in self.files:
+                _remove_quietly(temporary)
+
+
+def _remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _output_requests(cfg: Config):
+    """(flag, file name) of every file the run will write, the Fdump cache included."""
+    requests = [("-floatfile", cfg.floatfile), ("-intfile", cfg.intfile)]
+    if cfg.write_pgm:
+        requests.append(("-pgmfile", cfg.pgmfile))
+    if cfg.calculate_noise:
+        requests.append(("-noisefile", cfg.noisefile))
+    if cfg.hkl_file is not None:
+        requests.append(("-dump", cfg.dump_file))
+    return requests
+
+
+def check_outputs(cfg: Config) -> None:
+    """Refuse, before any work, output names that are empty, unwritable or the same file.
+
+    Names are compared after resolving symbolic links, ``.`` and ``..``, so
+    ``a.img``, ``./a.img`` and a link to ``a.img`` are one file.  The Fdump
+    cache only warns when it cannot be written (as in C), but it must not be
+    another output either.
+    """
+    seen = {}
+    for flag, path in _output_requests(cfg):
+        if not path:
+            raise InputError(f"the output file name of {flag} is empty")
+        final = os.path.realpath(path)
+        if flag != "-dump":
+            fileio.check_writable(path if final == os.path.abspath(path) else final)
+        key = os.path.normcase(final)
+        if key in seen:
+            other_flag, other_path = seen[key]
+            names = (f"{other_flag} and {flag} both name {path}" if other_path == path else
+                     f"{other_flag} {other_path} and {flag} {path} name the same file")
+            raise InputError(f"{names}: each output needs its own file")
+        seen[key] = (flag, path)
+
+
+def check_trace_pixel(cfg: Config, sc: Scene) -> None:
+    """Refuse a -trace_pixel outside the detector, before the render."""
+    if cfg.trace_pixel is None:
+        return
+    spixel, fpixel = cfg.trace_pixel
+    if not (0 <= spixel < sc.spixels and 0 <= fpixel < sc.fpixels):
+        raise InputError(f"-trace_pixel {spixel} {fpixel} (slow fast) is outside the "
+                         f"{sc.fpixels}x{sc.spixels} detector: slow must be below {sc.spixels}, "
+                         f"fast below {sc.fpixels}")
+
+
+def _note_earlier_fdump(cfg: Config) -> None:
+    """Say on stderr that the structure factors came from an earlier run's cache (no -hkl)."""
+    text = (f"nanobragg: note: reading structure factors from {os.path.abspath(cfg.dump_file)} "
+            f"(written by an earlier run)")
+    if cfg.default_F != 0.0:
+        text += "; inside its h,k,l range it overrides -default_F"
+    print(text, file=sys.stderr)
 
 
 def run(cfg: Config, echo: bool = True):
-    """Run the whole simulation described by ``cfg``; returns (scene, float image)."""
-    for path in _outputs(cfg):
-        if not path:
-            raise InputError("an output file name is empty")
-        fileio.check_writable(path)
-    staged = _Staged()
+    """Run the whole simulation described by ``cfg``; returns (scene, float image).
+
+    Nothing is written unless the whole run succeeds: every output, the
+    Fdump cache included, is staged and renamed into place at the end.
+    """
+    check_outputs(cfg)
+    staged = _Staged(log=print if echo else (lambda text="": None))
     try:
         result = _run(cfg, echo, staged)
         staged.commit()
@@ -153,8 +248,13 @@ def _run(cfg: Config, echo: bool, staged: _Staged):
         if echo:
             print(text)
 
-    sc = build_scene(cfg, echo=echo)
-    progress = cfg.progress and not cfg.printout and echo
+    reads_fdump = cfg.hkl_file is None and os.path.exists(cfg.dump_file)
+    sc = build_scene(cfg, echo=echo, stage=staged.defer)
+    if echo and reads_fdump:
+        _note_earlier_fdump(cfg)
+    check_trace_pixel(cfg, sc)
+    # the bar only on a terminal: in a log, tqdm's carriage returns pile up as lines
+    progress = cfg.progress and not cfg.printout and echo and _is_terminal(sys.stderr)
     result = render_float_image(sc, progress)
     image = result.image
     if result.oob_warning is not None:

@@ -217,8 +217,13 @@ def _thickness(cfg, parity):
     return steps, thick, step
 
 
-def build_scene(cfg: Config, echo: bool = True) -> Scene:
-    """Derive everything from ``cfg``; prints C's summary when ``echo``."""
+def build_scene(cfg: Config, echo: bool = True, stage=None) -> Scene:
+    """Derive everything from ``cfg``; prints C's summary when ``echo``.
+
+    ``stage`` (the command line's staged writes) takes the Fdump cache write,
+    so that it happens only when the whole run succeeds; without it the cache
+    is written at once.
+    """
     log = _Log(echo)
     parity = cfg.c_parity
     sc = Scene(cfg=cfg, parity=parity)
@@ -493,7 +498,7 @@ def build_scene(cfg: Config, echo: bool = True) -> Scene:
 
     # ---- structure factors ----
     from reference.structure_factors import load_structure_factors
-    table = load_structure_factors(cfg, log)
+    table = load_structure_factors(cfg, log, stage)
     if table.count == 0:
         interpolate = 0
 

@@ -29,8 +29,14 @@ def _from_table(table, count):
                             (table.h_max, table.k_max, table.l_max), count)
 
 
-def load_structure_factors(cfg, log) -> StructureFactors:
-    """Read -hkl (writing the Fdump cache) or reuse an earlier Fdump."""
+def load_structure_factors(cfg, log, stage=None) -> StructureFactors:
+    """Read -hkl (writing the Fdump cache) or reuse an earlier Fdump.
+
+    ``stage(writer, path, *args, warning=...)``, when given, takes the cache
+    write (the command line writes it with its other outputs, at the end and
+    only when the run succeeds); without it the cache is written at once.
+    Either way a cache that cannot be written is a warning, as in C.
+    """
     if cfg.hkl_file is None:
         if os.path.exists(cfg.dump_file):
             log("reading Fs from %s" % cfg.dump_file)
@@ -48,9 +54,26 @@ def load_structure_factors(cfg, log) -> StructureFactors:
         fileio.fill_default(table, cfg.default_F)
         log("done initializing:")
     log("re-reading %s" % cfg.hkl_file)
+    warning = "WARNING: unable to open dump file: %s" % cfg.dump_file
+    if stage is not None:
+        if _writable(cfg.dump_file):
+            log("writing dump file for next time: %s" % cfg.dump_file)
+            stage(fileio.write_fdump, cfg.dump_file, table, warning=warning)
+        else:
+            log(warning)
+        return _from_table(table, table.count)
     try:
         fileio.write_fdump(cfg.dump_file, table)
         log("writing dump file for next time: %s" % cfg.dump_file)
     except fileio.InputError:
-        log("WARNING: unable to open dump file: %s" % cfg.dump_file)
+        log(warning)
     return _from_table(table, table.count)
+
+
+def _writable(path) -> bool:
+    """Whether a file could be written at ``path`` (through a symbolic link, to its target)."""
+    try:
+        fileio.check_writable(os.path.realpath(path))
+    except fileio.InputError:
+        return False
+    return True

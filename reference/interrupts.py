@@ -1,0 +1,83 @@
+"""SIGINT, SIGTERM and SIGHUP as an exception, for the ``nanobragg`` command.
+
+:func:`install` (called by the console entry point only, never on import)
+makes each of these signals raise :class:`Interrupted` in the main thread.
+The exception unwinds through the staged writes of :mod:`reference.run`,
+which remove their temporary files, and the entry point then prints one line
+and exits with status 128 + the signal number, as a shell reports a program
+killed by that signal.
+
+Python runs a signal handler between two bytecodes of the main thread, so a
+signal that arrives inside compiled code (a Numba kernel, a torch operation)
+takes effect when that call returns.
+
+:func:`held` marks a short critical section (the final renames of the output
+files, the removal of temporaries): a signal arriving inside it is kept and
+raised as soon as the section ends, so that the section always completes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+
+# the signals that stop a run cleanly; SIGHUP does not exist on Windows
+SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class Interrupted(BaseException):
+    """A run stopped by a signal.  A BaseException, so that no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = int(signum)
+
+    @property
+    def name(self) -> str:
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:
+            return "signal %d" % self.signum
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+
+_depth = 0            # nesting depth of held() sections
+_pending = []         # signals that arrived inside one
+
+
+def _handler(signum, frame):
+    if _depth > 0:
+        _pending.append(signum)
+        return
+    raise Interrupted(signum)
+
+
+def install() -> None:
+    """Make SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` (main thread only)."""
+    for signum in SIGNALS:
+        signal.signal(signum, _handler)
+
+
+def restore() -> None:
+    """Give the signals the system's default action (end the process), for the last steps of
+    the command, when nothing is left to clean up."""
+    for signum in SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def held():
+    """Run the block to its end even when a signal arrives; raise it afterwards."""
+    global _depth
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+    if _depth == 0 and _pending:
+        signum = _pending[0]
+        del _pending[:]
+        raise Interrupted(signum)
