@@ -8,6 +8,9 @@ Also owns the front end both engines share: command-line parsing into a
 from reference.config import Config
 from reference.errors import InputError
 
+# the version when the package is not installed (keep it equal to pyproject.toml's)
+__version__ = "0.1.0"
+
 __all__ = ["Config", "InputError", "parse_args", "build_scene", "render"]
 
 

@@ -9,17 +9,26 @@ status 2.
 from __future__ import annotations
 
 import difflib
+import math
+import re
 import sys
 
 import numpy as np
 
 from reference.config import Config
-from reference.errors import InputError
+from reference.errors import InputError, reset_warnings, warn
 from reference.flags import BY_NAME, FLAGS, RTD, CNumbers, StrictNumbers, is_number
 
 
+# a token that starts like a negative number ("-50", "-.5", "-1_000") is a value, even when
+# it is a malformed one: the flag before it then says what is wrong with it
+_NUMERIC_START = re.compile(r"-\.?[0-9]")
+
+
 def _looks_like_flag(text: str) -> bool:
-    return text.startswith("-") and not is_number(text)
+    if text in BY_NAME:                         # -4stol starts like a number
+        return True
+    return text.startswith("-") and not is_number(text) and _NUMERIC_START.match(text) is None
 
 
 def _unknown_flag(token: str) -> InputError:
@@ -45,10 +54,38 @@ class _CheckedNumbers(StrictNumbers):
         return value
 
 
-def _check_value(flag, name, values):
-    """Reject values that no run can use (zero pixels, zero wavelength...)."""
+_CELL_PARTS = ("length a", "length b", "length c", "angle alpha", "angle beta", "angle gamma")
+
+
+def _check_cell(name, values, parity):
+    """-cell: lengths positive, angles strictly between 0 and 180 degrees.
+
+    C reads a b, c or angle of 0 as "not given" (b = c = a, angles 90); spec
+    mode refuses it, -c_parity takes it the C way with a warning.
+    """
+    numbers = StrictNumbers(name)
+    for j, text in enumerate(values):
+        value = numbers.f(text)
+        part = _CELL_PARTS[j]
+        if j < 3 and (value < 0 or (j == 0 and value == 0)):
+            raise InputError(f"{name}: the cell {part} must be positive, got '{text}'")
+        if j >= 3 and not 0.0 <= value < 180.0:
+            raise InputError(f"{name}: the cell {part} must lie between 0 and 180 degrees, got '{text}'")
+        if value == 0:
+            meaning = "the length a" if j < 3 else "90 degrees"
+            if not parity:
+                raise InputError(f"{name}: the cell {part} must be "
+                                 f"{'positive' if j < 3 else 'between 0 and 180 degrees'}, got '{text}' "
+                                 f"(the C program would read 0 as {meaning})")
+            warn(f"{name}: reading the cell {part} of 0 as {meaning}, as the C program does", topic="-cell zero")
+
+
+def _check_value(flag, name, values, parity=False):
+    """Reject values that no run can use (zero pixels, zero wavelength, a negative cell...)."""
     if flag.names[0] in _POSITIVE and StrictNumbers(name).f(values[0]) <= 0:
         raise InputError(f"{name} must be positive, got '{values[0]}'")
+    if flag.nvalues == -6:
+        _check_cell(name, values, parity)
 
 
 def _take_values(tokens, i, flag):
@@ -58,11 +95,13 @@ def _take_values(tokens, i, flag):
     if flag.nvalues == -6:                      # -cell: one to six numbers
         values = []
         for text in rest[:6]:
-            if text.startswith("-"):
+            # C stops at any token starting with '-'; we take negative numbers too,
+            # so that the message can say which value is wrong
+            if _looks_like_flag(text):
                 break
             values.append(text)
         if not values:
-            raise InputError(f"{name} needs at least one value")
+            raise InputError(f"{name} needs at least one value (a b c alpha beta gamma, in A and degrees)")
         return values
     if flag is BY_NAME["-misset"] and rest and "rand" in rest[0]:
         return rest[:1]
@@ -208,7 +247,21 @@ def _apply_header(cfg: Config, path: str, is_mask: bool) -> None:
     cfg.fpixels, cfg.spixels = frame.width, frame.height
 
     def value(key):
-        return frame.value(key)
+        number = frame.value(key)
+        if number is not None and not math.isfinite(number):
+            # C's atof reads "nan" and "inf"; C then skips a NaN (its "not given") and applies inf
+            position = frame.header.rfind(key)                 # C's rule: the last occurrence
+            line = frame.header[frame.header.rfind("\n", 0, position) + 1:].split("\n", 1)[0].strip()
+            where = f"{path}: the SMV header line '{line}' gives {key} = {number:g}"
+            if not cfg.c_parity:
+                raise InputError(f"{where}, not a finite number")
+            effect = ("ignores it, as a value not given" if math.isnan(number)
+                      else "applies it, so the geometry and the image may be NaN")
+            warn(f"{where}, not a finite number; -c_parity does what the C program does: {effect}",
+                 topic=f"not finite: {path}")
+            if math.isnan(number):
+                return None
+        return number
 
     if value("PIXEL_SIZE") is not None:
         cfg.pixel_size = value("PIXEL_SIZE") / 1000.0
@@ -259,7 +312,7 @@ def parse_args(tokens) -> Config:
     for name, flag, values in pairs:
         if flag is None:                # several C handlers (-c_parity): C's atof reads the values
             continue
-        _check_value(flag, name, values)
+        _check_value(flag, name, values, parity)
         flag.action(scratch, values, _CheckedNumbers(name))
 
     c_tokens, _ = _c_line(tokens)
@@ -293,10 +346,12 @@ def parse_args(tokens) -> Config:
 
 def usage() -> str:
     lines = ["usage: nanobragg -mat auto.mat -hkl Fs.hkl [flags]   (or -cell a b c al be ga, -default_F F)",
-             "flags (the C program's, plus ours):"]
+             "       nanobragg -h | -help | --help      this help",
+             "       nanobragg -version | --version     the version",
+             "flags (the C program's, plus ours), each with its unit in parentheses and its default:"]
     for f in FLAGS:
         spell = " ".join(f.names)
-        lines.append(f"  {spell:<40} {f.help}")
+        lines.append(f"  {spell:<40} {f.help} [default: {f.default}]")
     return "\n".join(lines)
 
 
@@ -351,12 +406,30 @@ def console_main() -> None:
     sys.exit(status)
 
 
+HELP_FLAGS = ("-h", "-help", "--help")
+VERSION_FLAGS = ("-version", "--version")
+
+
+def version() -> str:
+    """The installed package's version, or the source tree's when it is not installed."""
+    try:
+        from importlib.metadata import PackageNotFoundError, version as installed
+        return installed("nanobragg")
+    except (ImportError, PackageNotFoundError):
+        from reference import __version__
+        return __version__
+
+
 def main(argv=None) -> int:
     """Console entry point."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "-help", "--help"):
+    reset_warnings()
+    if not argv or any(token in HELP_FLAGS for token in argv):
         print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
+    if any(token in VERSION_FLAGS for token in argv):
+        print(f"nanobragg {version()}")
+        return 0
     try:
         cfg = parse_args(argv)
         for note in cfg.spelling_notes:

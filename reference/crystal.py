@@ -134,7 +134,7 @@ def build_cell(cfg, lambda0, log, table=None) -> Cell:
 
     if cfg.mat_file is not None:
         from reference.fileio import read_mosflm_matrix
-        m = read_mosflm_matrix(cfg.mat_file)
+        m = read_mosflm_matrix(cfg.mat_file, c_parity=cfg.c_parity).tolist()   # Python floats: inf x 0 is quietly NaN
         log("reading %s" % cfg.mat_file)
         s = 1e-10 / lambda0
         a_star = (s * m[0][0], s * m[1][0], s * m[2][0])
@@ -162,7 +162,9 @@ def build_cell(cfg, lambda0, log, table=None) -> Cell:
         c_x_a = V.rescale(c_x_a, cell[1] / V_user)
         a_x_b = V.rescale(a_x_b, cell[2] / V_user)
         V_star = 1.0 / V_user
-    if V_star == 0.0 or not math.isfinite(V_star):
+    # a matrix file holding NaN or inf (which only -c_parity reads) makes every vector NaN, as in C
+    nan_cell = cfg.c_parity and not np.isfinite(np.concatenate([a_star, b_star, c_star])).all()
+    if not nan_cell and (V_star == 0.0 or not math.isfinite(V_star)):
         raise InputError("the orientation matrix is singular (zero cell volume)")
     V_cell = 1.0 / V_star
     a = V.scale(b_x_c, V_cell)
@@ -174,7 +176,7 @@ def build_cell(cfg, lambda0, log, table=None) -> Cell:
 
     la, lb, lc = V.norm(a), V.norm(b), V.norm(c)
     las, lbs, lcs = V.norm(a_star), V.norm(b_star), V.norm(c_star)
-    if not all(0.0 < x < math.inf for x in (la, lb, lc, las, lbs, lcs, V_cell)):
+    if not nan_cell and not all(0.0 < x < math.inf for x in (la, lb, lc, las, lbs, lcs, V_cell)):
         raise InputError("impossible unit cell: lengths %g %g %g A are out of range" % (la, lb, lc))
     sin_al, sin_be, sin_ga = las * V_cell / lb / lc, lbs * V_cell / la / lc, lcs * V_cell / la / lb
     cos_al, cos_be, cos_ga = V.dot(b, c) / lb / lc, V.dot(a, c) / la / lc, V.dot(a, b) / la / lb

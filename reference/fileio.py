@@ -65,7 +65,8 @@ _HEX_RE = r"[+-]?0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)(?:[pP][+-]?
 _SPECIAL_RE = r"(?i:[+-]?(?:inf(?:inity)?|nan(?:\([0-9A-Za-z_]*\))?))"
 _DECIMAL_RE = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 # Hexadecimal first: otherwise "0x10" would stop after the decimal "0".
-_NUMBER = re.compile(f"(?:{_HEX_RE})|(?:{_SPECIAL_RE})|(?:{_DECIMAL_RE})")
+# ASCII digits only: C's strtod does not read other scripts' digits, Python's float() would.
+_NUMBER = re.compile(f"(?:{_HEX_RE})|(?:{_SPECIAL_RE})|(?:{_DECIMAL_RE})", re.ASCII)
 
 # The characters C's isspace() skips in front of a number.
 _C_WHITESPACE = " \t\n\v\f\r"
@@ -109,14 +110,28 @@ def _atof(text: str) -> float:
     return _number_from_match(match.group(0))
 
 
+def _not_finite(where: str, token: str, c_parity: bool, effect: str) -> None:
+    """A number of an input file that is NaN or infinite, at ``where`` (file:line).
+
+    Spec mode refuses the file.  -c_parity reads it as the C program does (which
+    accepts such numbers) and warns once per file, saying what C makes of it.
+    """
+    if not c_parity:
+        raise InputError(f"{where}: '{token}' is not a finite number")
+    from reference.errors import warn
+    name = where.split(":")[0]
+    warn(f"{where}: '{token}' is not a finite number; read as the C program reads it "
+         f"(-c_parity): {effect}", topic=f"not finite: {name}")
+
+
 def _read_bytes(path) -> bytes:
-    """Return the whole content of ``path``, or raise InputError naming it."""
-    name = os.fspath(path)
-    try:
-        with open(name, "rb") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise InputError(f"cannot read {name}: {exc.strerror or exc}") from None
+    """Return the whole content of ``path``, or raise InputError naming it.
+
+    Only a regular file of a sane size is read (a FIFO or ``/dev/zero`` is
+    refused before reading): :func:`reference.preflight.read_input`.
+    """
+    from reference.preflight import read_input
+    return read_input(path)
 
 
 def _read_lines(path) -> list[str]:
@@ -293,7 +308,7 @@ def _read_clean_hkl(text: str):
     if table.shape[0] == 0:
         return None
     hkl = table[:, :3]
-    if np.abs(hkl).max() >= _C_INT_LIMIT:
+    if np.abs(hkl).max() >= _C_INT_LIMIT or not np.isfinite(table[:, 3]).all():
         return None  # let the careful readers explain the problem
     return hkl.astype(np.int64), table[:, 3].copy()
 
@@ -319,6 +334,10 @@ def _read_hkl_lines(path, name: str, warnings: list[str]):
             # "h k l F sigma" file would silently become nonsense.
             raise InputError(f"{name}:{lineno}: expected 'h k l F' (4 numbers per reflection), "
                              f"found {len(values)} number(s)")
+        for start in range(3, len(values), 4):
+            if not math.isfinite(values[start]):
+                raise InputError(f"{name}:{lineno}: the structure factor F = '{text.split()[start]}' "
+                                 f"is not a finite number")
         rows.extend(_hkl_reflections(values, name, lineno, warnings))
     if not rows:
         raise InputError(f"{name}: no reflections found (expected lines of 'h k l F')")
@@ -403,6 +422,11 @@ def _line_at(text: str, pos: int) -> int:
     return text.count("\n", 0, pos) + 1
 
 
+def _token_before(text: str, end: int) -> str:
+    """The characters before ``end`` back to the previous white space (for messages)."""
+    return re.search(r"\S{0,20}$", text[:end]).group(0)
+
+
 def _token_at(text: str, pos: int) -> str:
     """The characters from ``pos`` up to the next white space (for messages)."""
     return re.match(r"\S{0,20}", text[pos:]).group(0)
@@ -439,6 +463,9 @@ def _read_hkl_like_c(path, name: str, warnings: list[str]) -> HKLTable:
             if value != math.ceil(value - 0.4):
                 # C's wording, numbering the reflections from 0
                 warnings.append("WARNING: non-integer value for %s (%g) at line %d" % (axis, value, len(quads)))
+        if not math.isfinite(quad[3]):
+            _not_finite(f"{name}:{_line_at(text, end)}", _token_before(text, end), True,
+                        "the pixels that use this structure factor will be NaN or inf")
         quads.append(quad)
         pos = end
     rest = text[stop1:].strip(_C_WHITESPACE)
@@ -575,11 +602,13 @@ def write_fdump(path, table: HKLTable) -> None:
     _atomic_write(path, [_fdump_header(table), grid.tobytes(order="C")])
 
 
-def read_fdump(path) -> HKLTable:
+def read_fdump(path, c_parity: bool = False) -> HKLTable:
     """Read a structure-factor grid written by :func:`write_fdump` or by C.
 
     Raises InputError when the header is malformed or when the number of bytes
-    after it is not exactly the size of the grid it announces.
+    after it is not exactly the size of the grid it announces, and (in spec
+    mode, ``c_parity`` False) when a value is NaN or infinite; with
+    ``c_parity`` such a value is kept, as C keeps it, with a warning.
     """
     name = os.fspath(path)
     raw = _read_bytes(path)
@@ -607,6 +636,11 @@ def read_fdump(path) -> HKLTable:
             f"({expected_bytes} bytes) but {found_bytes} bytes follow")
     values = np.frombuffer(raw, dtype="<f8", count=math.prod(shape), offset=start)
     values = values.reshape(shape).astype(np.float64)  # native-order, writable copy
+    bad = np.argwhere(~np.isfinite(values))
+    if bad.size:
+        h, k, l = (int(i) + low for i, low in zip(bad[0], (h_min, k_min, l_min)))
+        _not_finite(f"{name}: the structure factor of ({h} {k} {l})", "%g" % values[tuple(bad[0])], c_parity,
+                    "the pixels that use it will be NaN or inf")
     count = (h_max - h_min + 1) * (k_max - k_min + 1) * (l_max - l_min + 1)
     return HKLTable(h_min, h_max, k_min, k_max, l_min, l_max, values=values, count=count)
 
@@ -615,7 +649,7 @@ def read_fdump(path) -> HKLTable:
 # MOSFLM orientation matrix
 # ---------------------------------------------------------------------------
 
-def read_mosflm_matrix(path) -> np.ndarray:
+def read_mosflm_matrix(path, c_parity: bool = False) -> np.ndarray:
     """Read the orientation part of a MOSFLM matrix file.
 
     Returns the first nine numbers of the file as a 3x3 float64 array of
@@ -624,7 +658,8 @@ def read_mosflm_matrix(path) -> np.ndarray:
     dimensionless (Angstrom^-1 times Angstrom); divide by the wavelength in
     Angstrom to get a*, b*, c* in Angstrom^-1.  Line structure does not
     matter; anything after the ninth number (MOSFLM's U matrix and cell) is
-    ignored.
+    ignored.  A NaN or infinite number is an error, except with ``c_parity``,
+    where it is kept as C keeps it (with a warning).
     """
     name = os.fspath(path)
     found: list[float] = []
@@ -633,6 +668,9 @@ def read_mosflm_matrix(path) -> np.ndarray:
             value = _parse_number(token)
             if value is None:
                 raise InputError(f"{name}:{lineno}: '{token}' is not a number")
+            if not math.isfinite(value):
+                _not_finite(f"{name}:{lineno}", token, c_parity,
+                            "every cell vector, and so every pixel, will be NaN")
             found.append(value)
             if len(found) == 9:
                 return np.array(found, dtype=np.float64).reshape(3, 3)
@@ -649,14 +687,16 @@ _SOURCE_DELIMITERS = re.compile(r"[ \t,;:!\r]+")
 _SOURCE_COLUMNS = 5
 
 
-def read_source_file(path) -> np.ndarray:
+def read_source_file(path, c_parity: bool = False) -> np.ndarray:
     """Read a source list: one source per line, ``X Y Z weight wavelength``.
 
     Columns may be separated by any of `` \\t,;:!``; blank lines are skipped.
     A line may hold fewer than five values: the missing ones are NaN, which
     the caller replaces with defaults (position along the beam, weight 1,
     the nominal wavelength).  Values past the fifth are ignored.  Units are
-    those of the command line: X Y Z in metres, wavelength in metres.
+    those of the command line: X Y Z in metres, wavelength in metres.  A NaN
+    or infinite number is an error, except with ``c_parity``, where it is read
+    as C reads it (with a warning): C takes NaN as a missing value.
 
     Returns a float64 array of shape (number of sources, 5).
     """
@@ -672,6 +712,9 @@ def read_source_file(path) -> np.ndarray:
             if value is None:
                 # C's atof() would quietly read 0 here; a typo deserves an error.
                 raise InputError(f"{name}:{lineno}: '{token}' is not a number")
+            if not math.isfinite(value):
+                _not_finite(f"{name}:{lineno}", token, c_parity,
+                            "C takes nan as a missing value (its default) and inf as it is")
             row[column] = value
         rows.append(row)
     if not rows:
@@ -851,6 +894,14 @@ def smv_header_fields(fpixels: int, spixels: int, pixel_size_mm: float, distance
     ]
 
 
+def c_format(spec: str, value: float) -> str:
+    """``spec % value`` as C's printf writes it: a NaN whose sign bit is set prints "-nan"."""
+    value = float(value)
+    if math.isnan(value):
+        return "-nan" if math.copysign(1.0, value) < 0 else "nan"
+    return spec % value
+
+
 def _format_smv_value(value) -> str:
     """Text of one header value: strings verbatim, integers %d, reals %g, sequences comma-joined %g."""
     if isinstance(value, str):
@@ -858,8 +909,8 @@ def _format_smv_value(value) -> str:
     if isinstance(value, numbers.Integral):
         return "%d" % value
     if isinstance(value, numbers.Real):
-        return "%g" % float(value)
-    return ",".join("%g" % float(x) for x in value)
+        return c_format("%g", value)
+    return ",".join(c_format("%g", x) for x in value)
 
 
 def _smv_header_text(pairs, header_bytes: int) -> bytes:

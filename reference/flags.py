@@ -32,17 +32,23 @@ RTD = 180.0 * (1.0 / math.pi)   # C computes RTD as 180*M_1_PI
 # number conversion: strict for what the user typed, C-like for collisions
 # --------------------------------------------------------------------------
 
-_C_FLOAT = re.compile(r"\s*([+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|inf(?:inity)?|nan))", re.I)
-_C_INT = re.compile(r"\s*([+-]?\d+)")
+_C_FLOAT = re.compile(r"\s*([+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|inf(?:inity)?|nan))", re.I | re.ASCII)
+_C_INT = re.compile(r"\s*([+-]?\d+)", re.ASCII)
+# What the strict converters accept: a plain decimal number, ASCII digits only.  Every
+# such token reads the same through C's atof (so both modes see the same value).
+# Python's float() also takes "1_000", surrounding white space and non-ASCII digits,
+# which C's atof reads differently ("1_000" is 1) or not at all: those are refused.
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_SPECIAL = re.compile(r"[+-]?(?:inf|infinity|nan)", re.I)
 
 
 def is_number(text: str) -> bool:
-    """True when ``text`` reads as a float (so "-0.5" is a value, not a flag)."""
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    """True when ``text`` is a plain decimal number, or inf or nan (so "-0.5" is a value, not a flag).
+
+    Stricter than Python's float(): no '_' separators, no surrounding white
+    space, ASCII digits only, as C's strtod reads numbers.
+    """
+    return _DECIMAL.fullmatch(text) is not None or _SPECIAL.fullmatch(text) is not None
 
 
 def c_atof(text: str) -> float:
@@ -57,6 +63,14 @@ def c_atoi(text: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+def _python_reads(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 class StrictNumbers:
     """Converters that reject anything but a well-formed finite number."""
 
@@ -64,18 +78,27 @@ class StrictNumbers:
         self.flag = flag
 
     def f(self, text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise InputError(f"{self.flag} expects a number, got '{text}'") from None
+        if _DECIMAL.fullmatch(text) is None:
+            if _SPECIAL.fullmatch(text) is not None:
+                raise InputError(f"{self.flag} expects a finite number, got '{text}'")
+            if _python_reads(text):
+                # "1_000", " 5", non-ASCII digits: Python would take them, C would not
+                raise InputError(f"{self.flag} expects a plain decimal number, got {text!r} "
+                                 f"(the C program would read it as {c_atof(text):g})")
+            raise InputError(f"{self.flag} expects a number, got '{text}'")
+        value = float(text)
         if not math.isfinite(value):
-            raise InputError(f"{self.flag} expects a finite number, got '{text}'")
+            raise InputError(f"{self.flag} expects a finite number, got '{text}' (beyond the double-precision range)")
         return value
 
     def i(self, text: str) -> int:
         value = self.f(text)
         if value != int(value):
             raise InputError(f"{self.flag} expects a whole number, got '{text}'")
+        if c_atoi(text) != value:
+            # "1e3": C's atoi stops at the 'e' and reads 1
+            raise InputError(f"{self.flag} expects a whole number written in digits, got '{text}' "
+                             f"(the C program would read it as {c_atoi(text)})")
         return int(value)
 
 
@@ -105,8 +128,9 @@ class Flag:
     c_need: int             # C runs the handler only if argc > i + c_need
     action: Callable        # action(cfg, values, numbers)
     stop: bool = False      # C skips the remaining handlers for this argument
-    help: str = ""
+    help: str = ""          # what it does, with the unit of its values in parentheses
     ours: bool = False      # a flag the C program does not have
+    default: str = ""       # what holds when the flag is not given, with its unit
 
 
 def _has(*subs):
@@ -124,13 +148,76 @@ def _is(*names):
 FLAGS: list[Flag] = []
 
 
+# What holds when a flag is not given, in command-line units (shown by -h).  The numbers
+# are Config's defaults (tests/test_cli_input.py checks them); "auto" values follow the
+# auto-selection rules of specs/cli.md.
+DEFAULTS = {
+    "-Na": "1", "-Nb": "1", "-Nc": "1", "-N": "1",
+    "-cell": "none: give -cell or -mat (b, c = a and angles 90 when left out)",
+    "-misset": "0 0 0 deg",
+    "-samplesize": "0 mm (size from -N)", "-sample_thick": "0 mm (size from -Na)",
+    "-sample_width": "0 mm (size from -Nb)", "-sample_height": "0 mm (size from -Nc)",
+    "-xtalsize": "0 mm (size from -N)", "-xtal_thick": "0 mm (size from -Na)",
+    "-xtal_width": "0 mm (size from -Nb)", "-xtal_height": "0 mm (size from -Nc)",
+    "-density": "1 g/cm^3", "-MW": "18 g/mol",
+    "-Xbeam": "detector centre (by convention)", "-Ybeam": "detector centre (by convention)",
+    "-Xclose": "detector centre", "-Yclose": "detector centre",
+    "-ORGX": "detector centre", "-ORGY": "detector centre",
+    "-pivot": "beam (sample with -xds, -dials)",
+    "-mosflm": "on", "-xds": "off", "-adxv": "off", "-denzo": "off", "-dials": "off",
+    "-fdet_vector": "by convention", "-sdet_vector": "by convention", "-odet_vector": "by convention",
+    "-beam_vector": "by convention", "-polar_vector": "by convention", "-spindle_axis": "by convention",
+    "-twotheta_axis": "by convention", "-pix0_vector": "from the pivot",
+    "-distance": "100 mm", "-close_distance": "from -distance",
+    "-detector_abs": "the sensor thickness", "-detector_thick": "0 um (no sensor)",
+    "-detector_thicksteps": "auto (2 with a sensor)", "-thicksteps": "auto (2 with a sensor)",
+    "-twotheta": "0 deg",
+    "-detector_rotx": "0 deg", "-detector_roty": "0 deg", "-detector_rotz": "0 deg",
+    "-detsize": "102.4 mm", "-detsize_f": "102.4 mm", "-detsize_s": "102.4 mm",
+    "-detpixels": "detector size / pixel size (1024)",
+    "-detpixels_f": "detector size / pixel size (1024)", "-detpixels_s": "detector size / pixel size (1024)",
+    "-curved_det": "off (flat)", "-pixel": "0.1 mm", "-point_pixel": "off",
+    "-polar": "0", "-nopolar": "off",
+    "-oversample_thick": "off", "-oversample_polar": "off", "-oversample_omega": "off",
+    "-oversample": "auto (from crystal size, distance and pixel)", "-roi": "whole detector",
+    "-lambda": "1 A", "-energy": "12398.42 eV (1 A)",
+    "-fluence": "1.25932e+29 photons/m^2", "-flux": "0 photons/s (use -fluence)",
+    "-exposure": "1 s", "-beamsize": "0.1 mm",
+    "-mosaic": "0 deg", "-mosaic_dom": "1 (10 with -mosaic)",
+    "-dispersion": "0 %", "-dispsteps": "auto (2 with -dispersion)",
+    "-divergence": "0 mrad", "-hdivrange": "0 mrad", "-vdivrange": "0 mrad",
+    "-hdivstep": "auto", "-hdivsteps": "auto (2 with -hdivrange)",
+    "-vdivstep": "auto", "-vdivsteps": "auto (2 with -vdivrange)", "-divsteps": "auto",
+    "-round_div": "on", "-square_div": "off",
+    "-adc": "40 ADU",
+    "-phi": "0 deg", "-osc": "auto (0 deg)", "-phistep": "auto", "-phisteps": "auto (1)",
+    "-dmin": "0 A (no limit)",
+    "-mat": "none", "-hkl": "none", "-default_F": "0 electrons", "-dump": "Fdump.bin",
+    "-img": "none", "-mask": "none (every pixel)",
+    "-stolout": "none", "-stol": "none", "-4stol": "none", "-Q": "none",
+    "-sourcefile": "none (sources from divergence and dispersion)",
+    "-floatfile": "floatimage.bin", "-intfile": "intimage.img", "-pgmfile": "image.pgm",
+    "-noisefile": "noiseimage.img", "-nonoise": "off (noise image written)", "-nopgm": "off (PGM written)",
+    "-scale": "auto: 55000 / brightest pixel", "-pgmscale": "auto: 250 / (5 rmsd)",
+    "-coherent": "off", "-printout": "off", "-noprogress": "off", "-progress": "on",
+    "-interpolate": "auto (on when any N <= 2)", "-nointerpolate": "auto (on when any N <= 2)",
+    "-round_xtal": "off", "-square_xtal": "on", "-gauss_xtal": "off", "-binary_spots": "off",
+    "-fudge": "1", "-printout_pixel": "every pixel (with -printout)",
+    "-seed": "the clock", "-mosaic_seed": "12345678", "-misset_seed": "the clock",
+    "-water": "0 um",
+    "-engine": "numba", "-device": "cpu", "-dtype": "float64", "-c_parity": "off",
+    "-trace_pixel": "none", "-memory_gb": "4 GB",
+}
+
+
 def flag(names, nvalues, c_match=None, c_need=None, stop=False, help="", ours=False):
     """Register the decorated action as a handler (in C order)."""
     names = (names,) if isinstance(names, str) else tuple(names)
 
     def register(action):
         FLAGS.append(Flag(names, nvalues, c_match or _is(*names),
-                          nvalues if c_need is None else c_need, action, stop, help, ours))
+                          nvalues if c_need is None else c_need, action, stop, help, ours,
+                          DEFAULTS[names[0]]))
         return action
     return register
 
@@ -237,7 +324,7 @@ def _convention(name, pivot):
     return action
 
 
-flag("-mosflm", 0, _has("-mosflm"), help="MOSFLM detector convention (default)")(_convention("mosflm", "beam"))
+flag("-mosflm", 0, _has("-mosflm"), help="MOSFLM detector convention")(_convention("mosflm", "beam"))
 flag("-xds", 0, _has("-xds"), help="XDS detector convention")(_convention("xds", "sample"))
 flag("-adxv", 0, _has("-adxv"), help="ADXV detector convention")(_convention("adxv", "beam"))
 flag("-denzo", 0, _has("-denzo"), help="DENZO detector convention")(_convention("denzo", "beam"))
@@ -255,7 +342,8 @@ for _name, _attr in (("-fdet_vector", "fdet_vector"), ("-sdet_vector", "sdet_vec
                      ("-odet_vector", "odet_vector"), ("-beam_vector", "beam_vector"),
                      ("-polar_vector", "polar_vector"), ("-spindle_axis", "spindle_vector"),
                      ("-twotheta_axis", "twotheta_axis"), ("-pix0_vector", "pix0_vector")):
-    flag(_name, 3, _has(_name), help=f"{_attr.replace('_', ' ')} (x y z)")(_custom_vector(_attr))
+    unit = "x y z, m" if _name == "-pix0_vector" else "x y z, normalised"
+    flag(_name, 3, _has(_name), help=f"{_attr.replace('_', ' ')} ({unit})")(_custom_vector(_attr))
 
 
 @flag("-distance", 1, _has("-distance"), help="sample to beam spot distance (mm)")
@@ -277,7 +365,8 @@ def _(c, v, n):
         c.detector_thick = 0.0
         c.detector_mu = 0.0
     else:
-        c.detector_mu = 1.0 / (n.f(v[0]) * 1e-6)
+        depth = n.f(v[0]) * 1e-6
+        c.detector_mu = 1.0 / depth if depth != 0.0 else math.inf     # C: 1/0 is inf
 
 
 @flag("-detector_thick", 1, _has_len("-detector_thick", 15), c_need=0, help="sensor thickness (um)")
@@ -321,15 +410,15 @@ def _(c, v, n): c.detsize_f = n.f(v[0]) / 1000.0
 def _(c, v, n): c.detsize_s = n.f(v[0]) / 1000.0
 
 
-@flag("-detpixels", 1, _has_len("-detpixels", 10), help="detector size (pixels)")
+@flag("-detpixels", 1, _has_len("-detpixels", 10), help="detector size, both directions (pixels)")
 def _(c, v, n): c.fpixels = c.spixels = n.i(v[0])
 
 
-@flag(("-detpixels_f", "-detpixels_x"), 1, _has("-detpixels_f", "-detpixels_x"), help="fast pixels")
+@flag(("-detpixels_f", "-detpixels_x"), 1, _has("-detpixels_f", "-detpixels_x"), help="detector fast size (pixels)")
 def _(c, v, n): c.fpixels = n.i(v[0])
 
 
-@flag(("-detpixels_s", "-detpixels_y"), 1, _has("-detpixels_s", "-detpixels_y"), help="slow pixels")
+@flag(("-detpixels_s", "-detpixels_y"), 1, _has("-detpixels_s", "-detpixels_y"), help="detector slow size (pixels)")
 def _(c, v, n): c.spixels = n.i(v[0])
 
 
@@ -345,7 +434,7 @@ def _(c, v, n): c.pixel_size = n.f(v[0]) / 1000.0
 def _(c, v, n): c.point_pixel = True
 
 
-@flag("-polar", 1, _has_len("-polar", 6), help="Kahn polarization factor")
+@flag("-polar", 1, _has_len("-polar", 6), help="Kahn polarization factor (0 to 1)")
 def _(c, v, n):
     c.polarization = n.f(v[0])
     c.nopolar = False
@@ -382,11 +471,11 @@ def _(c, v, n): c.lambda0 = n.f(v[0]) / 1.0e10
 def _(c, v, n): c.lambda0 = (12398.42 / n.f(v[0])) / 1.0e10
 
 
-@flag("-fluence", 1, _has("-fluence"), help="photons per square metre")
+@flag("-fluence", 1, _has("-fluence"), help="integrated fluence (photons/m^2)")
 def _(c, v, n): c.fluence = n.f(v[0])
 
 
-@flag("-flux", 1, _has("-flux"), help="photons per second")
+@flag("-flux", 1, _has("-flux"), help="beam flux; with -exposure and -beamsize sets the fluence (photons/s)")
 def _(c, v, n): c.flux = n.f(v[0])
 
 
@@ -448,11 +537,11 @@ def _(c, v, n): c.vdivsteps = n.i(v[0])
 def _(c, v, n): c.hdivsteps = c.vdivsteps = n.i(v[0])
 
 
-flag("-round_div", 0, _has("-round_div"), help="trim the divergence grid to an ellipse (default)")(_bool("round_div", True))
+flag("-round_div", 0, _has("-round_div"), help="trim the divergence grid to an ellipse")(_bool("round_div", True))
 flag("-square_div", 0, _has("-square_div"), help="full divergence grid")(_bool("round_div", False))
 
 
-@flag("-adc", 1, _has("-adc"), help="ADC offset added to SMV pixels")
+@flag("-adc", 1, _has("-adc"), help="offset added to the SMV pixels (ADU)")
 def _(c, v, n): c.adc_offset = n.f(v[0])
 
 
@@ -488,11 +577,11 @@ flag("-mat", 1, _has("-mat"), help="MOSFLM orientation matrix file")(_path("mat_
 flag("-hkl", 1, _has("-hkl"), help="structure factors: h k l F text file")(_path("hkl_file"))
 
 
-@flag("-default_F", 1, _has("-default_F"), help="structure factor of unlisted reflections")
+@flag("-default_F", 1, _has("-default_F"), help="structure factor of unlisted reflections (electrons)")
 def _(c, v, n): c.default_F = n.f(v[0])
 
 
-flag("-dump", 1, _has("-dump"), help="binary structure-factor cache file (default Fdump.bin)")(_path("dump_file"))
+flag("-dump", 1, _has("-dump"), help="binary structure-factor cache file")(_path("dump_file"))
 flag("-img", 1, _has("-img"), help="SMV image whose header sets the geometry")(_path("img_file"))
 # -mask is read before every other flag (as is -img); C's main loop has no handler for it
 flag("-mask", 1, lambda a: False, help="SMV mask: zero pixels are skipped; its header sets the geometry")(_path("mask_file"))
@@ -526,11 +615,11 @@ flag("-nonoise", 0, _has("-nonoise"), help="no noise image")(_bool("calculate_no
 flag("-nopgm", 0, _has("-nopgm"), help="no PGM image")(_bool("write_pgm", False))
 
 
-@flag("-scale", 1, _has("-scale"), help="int image scale (default: 55000/max)")
+@flag("-scale", 1, _has("-scale"), help="int image scale (ADU per photon)")
 def _(c, v, n): c.intfile_scale = n.f(v[0])
 
 
-@flag("-pgmscale", 1, _has("-pgmscale"), help="PGM scale (default: auto)")
+@flag("-pgmscale", 1, _has("-pgmscale"), help="PGM scale (grey levels per photon)")
 def _(c, v, n):
     c.pgm_scale = n.f(v[0])
     c.write_pgm = True
@@ -539,20 +628,20 @@ def _(c, v, n):
 flag("-coherent", 0, _has("-coherent"), help="(accepted, unused by C)")(_bool("coherent"))
 flag("-printout", 0, _has("-printout"), help="print pixel values")(_bool("printout"))
 flag("-noprogress", 0, _has("-noprogress"), help="no progress bar")(_bool("progress", False))
-flag("-progress", 0, _has("-progress"), help="progress bar (default)")(_bool("progress", True))
+flag("-progress", 0, _has("-progress"), help="progress bar")(_bool("progress", True))
 flag("-interpolate", 0, _has("-interpolate"), help="tricubic structure-factor interpolation")(lambda c, v, n: setattr(c, "interpolate", 1))
 flag("-nointerpolate", 0, _has("-nointerpolate"), help="nearest structure factor")(lambda c, v, n: setattr(c, "interpolate", 0))
 flag("-round_xtal", 0, _has("-round_xtal"), help="ellipsoidal crystal")(lambda c, v, n: setattr(c, "xtal_shape", "round"))
-flag("-square_xtal", 0, _has("-square_xtal"), help="parallelepiped crystal (default)")(lambda c, v, n: setattr(c, "xtal_shape", "square"))
+flag("-square_xtal", 0, _has("-square_xtal"), help="parallelepiped crystal")(lambda c, v, n: setattr(c, "xtal_shape", "square"))
 flag("-gauss_xtal", 0, _has("-gauss_xtal"), help="Gaussian spots")(lambda c, v, n: setattr(c, "xtal_shape", "gauss"))
 flag(("-binary_spots", "-tophat_spots"), 0, _has("-binary_spots", "-tophat_spots"), help="flat-top spots")(lambda c, v, n: setattr(c, "xtal_shape", "tophat"))
 
 
-@flag("-fudge", 1, _has("-fudge"), help="spot-shape fudge factor")
+@flag("-fudge", 1, _has("-fudge"), help="spot-shape fudge factor (dimensionless)")
 def _(c, v, n): c.fudge = n.f(v[0])
 
 
-@flag("-printout_pixel", 2, _has("-printout_pixel"), help="print one pixel: fast slow")
+@flag("-printout_pixel", 2, _has("-printout_pixel"), help="print one pixel: fast slow (pixels)")
 def _(c, v, n):
     c.printout_pixel = (n.i(v[0]), n.i(v[1]))
     c.printout = True
@@ -589,7 +678,7 @@ flag("-dtype", 1, ours=True, help="float64 or float32 (torch engine)")(_choice("
 flag("-c_parity", 0, ours=True, help="emulate the verified C bugs (see specs/quirks.md)")(_bool("c_parity"))
 
 
-@flag("-trace_pixel", 2, ours=True, help="print every intermediate of one pixel: slow fast")
+@flag("-trace_pixel", 2, ours=True, help="print every intermediate of one pixel: slow fast (pixels)")
 def _(c, v, n): c.trace_pixel = (n.i(v[0]), n.i(v[1]))
 
 

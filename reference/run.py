@@ -42,16 +42,53 @@ def render_float_image(sc: Scene, progress: bool):
     return render(sc, progress=progress)
 
 
+def check_finite(sc: Scene, image: np.ndarray) -> None:
+    """Refuse (spec mode) or announce (-c_parity) a float image holding NaN or inf, with its cause.
+
+    Under -c_parity the image is written as C writes it, with one warning,
+    unless the cause is the torch engine's own float32 overflow (C would not
+    overflow there: refused in both modes).  A NaN or inf that came in with an
+    input file has had its warning already.
+    """
+    from reference import overflow
+    from reference.errors import warn, warned_about
+
+    cfg = sc.cfg
+    found = overflow.explain(sc, image, engine_float32=cfg.engine == "torch" and cfg.dtype == "float32")
+    if found is None:
+        return
+    problem, kind = found
+    if not cfg.c_parity or kind == "float32":
+        raise InputError(f"{problem}; no file written")
+    if not (kind == "input" and warned_about("not finite")):
+        warn(f"{problem}; written as the C program writes it (-c_parity)", topic="image not finite")
+
+
+def c_g(value: float, spec: str = "%g") -> str:
+    """``spec % value`` as C's printf writes it: a NaN with its sign bit set is "-nan"."""
+    return fileio.c_format(spec, value)
+
+
 def statistics(sc: Scene, image: np.ndarray):
-    """C's max, mean, rms and rmsd over the rendered pixels."""
+    """C's max, mean, rms and rmsd over the rendered pixels.
+
+    NaN and inf pixels go through the sums as in C (the mean of an image
+    holding inf is inf), and the maximum, like C's running ``>`` test, skips NaN.
+    """
+    with np.errstate(all="ignore"):
+        return _statistics(sc, image)
+
+
+def _statistics(sc: Scene, image: np.ndarray):
     roi = roi_mask(sc)
     rendered = rendered_mask(sc)
     values = image[rendered].astype(np.float64)
     max_I, max_x, max_y = 0.0, 0.0, 0.0
-    if values.size and values.max() > 0.0:
-        idx = np.flatnonzero(rendered.ravel())[int(np.argmax(values))]
+    comparable = np.where(np.isnan(values), -np.inf, values)    # NaN > max_I is false in C
+    if values.size and comparable.max() > 0.0:
+        idx = np.flatnonzero(rendered.ravel())[int(np.argmax(comparable))]
         spixel, fpixel = divmod(int(idx), sc.fpixels)
-        max_I = float(values.max())
+        max_I = float(comparable.max())
         sub = sc.pixel_size / sc.oversample
         last = sc.oversample - 1
         max_x = sub * (fpixel * sc.oversample + last) + sub / 2.0
@@ -72,16 +109,25 @@ def statistics(sc: Scene, image: np.ndarray):
 
 
 def int_image(sc: Scene, image: np.ndarray, scale: float, roi: np.ndarray) -> np.ndarray:
-    """Scaled, offset, clipped and rounded 16-bit image (C rounds via float)."""
-    test = image.astype(np.float64) * scale + sc.cfg.adc_offset
-    test = np.clip(test, 0.0, 65535.0)
-    rounded = np.floor((test + 0.5).astype(np.float32))
+    """Scaled, offset, clipped and rounded 16-bit image (C rounds via float).
+
+    A NaN pixel (an inf pixel times C's scale of 0 is one) becomes 0, what C's
+    conversion to unsigned short gives on x86-64.
+    """
+    with np.errstate(all="ignore"):
+        test = image.astype(np.float64) * scale + sc.cfg.adc_offset
+        test = np.clip(test, 0.0, 65535.0)
+        rounded = np.floor((test + 0.5).astype(np.float32))
+    rounded = np.where(np.isnan(rounded), 0.0, rounded)
     return np.where(roi, rounded, 0).astype(np.uint16)
 
 
 def pgm_image(image: np.ndarray, scale: float, roi: np.ndarray) -> np.ndarray:
-    test = np.minimum(image.astype(np.float64) * scale, 255.0)
-    test = np.clip(test, 0.0, 255.0)
+    """8-bit grey levels; a NaN pixel becomes 0, as in C on x86-64."""
+    with np.errstate(all="ignore"):
+        test = np.minimum(image.astype(np.float64) * scale, 255.0)
+        test = np.clip(test, 0.0, 255.0)
+    test = np.where(np.isnan(test), 0.0, test)
     return np.where(roi, np.trunc(test), 0).astype(np.uint8)
 
 
@@ -265,17 +311,18 @@ def _run(cfg: Config, echo: bool, staged: _Staged):
         print_trace(sc, *cfg.trace_pixel)
     if cfg.printout:
         print_printout(sc, image)
+    check_finite(sc, image)         # after the trace, which shows where a NaN starts
     log("")
-    log("solid angle subtended by detector = %g steradian ( %g%% sphere)"
-        % (result.omega_sum / sc.steps, 100 * result.omega_sum / sc.steps / 4 / math.pi))
+    log("solid angle subtended by detector = %s steradian ( %s%% sphere)"
+        % (c_g(result.omega_sum / sc.steps), c_g(100 * result.omega_sum / sc.steps / 4 / math.pi)))
 
     roi = roi_mask(sc)
     max_I, max_x, max_y, avg, rms, rmsd = statistics(sc, image)
     _announce_replacement(cfg.floatfile, log)
     log("writing %s as %d %d-byte floats" % (cfg.floatfile, sc.fpixels * sc.spixels, 4))
     staged.write(fileio.write_float_image, cfg.floatfile, image)
-    log("max_I = %g  at %g %g" % (max_I, max_x, max_y))
-    log("mean= %g rms= %g rmsd= %g" % (avg, rms, rmsd))
+    log("max_I = %s  at %g %g" % (c_g(max_I), max_x, max_y))
+    log("mean= %s rms= %s rmsd= %s" % (c_g(avg), c_g(rms), c_g(rmsd)))
     scale = cfg.intfile_scale
     if scale <= 0.0:
         scale = 55000.0 / max_I if max_I > 0.0 else 1.0
@@ -297,7 +344,7 @@ def _run(cfg: Config, echo: bool, staged: _Staged):
     if cfg.calculate_noise:
         from reference import rng
         noisy, photons, overloads = rng.noise_image(image, roi, sc.seed, cfg.adc_offset, sc.rng_table)
-        log("%.0f photons on noise image (%d overloads)" % (photons, overloads))
+        log("%s photons on noise image (%d overloads)" % (c_g(photons, "%.0f"), overloads))
         _announce_replacement(cfg.noisefile, log)
         log("writing %s as %d-byte integers" % (cfg.noisefile, 2))
         staged.write(fileio.write_smv, cfg.noisefile, noisy, header)

@@ -475,6 +475,8 @@ def build_scene(cfg: Config, echo: bool = True, stage=None) -> Scene:
     xmax = max(xa, xb, xc)
     reciprocal_pixel_size = lambda0 * distance / pixel
     needed = 3.0 * xmax / reciprocal_pixel_size if reciprocal_pixel_size != 0.0 else math.inf
+    if math.isnan(needed) and parity:
+        needed = 0.0        # a NaN cell (-c_parity only): C's (int) of NaN is negative, so 1-fold
     if not abs(needed) <= C_INT_MAX:
         if cfg.oversample <= 0:
             raise InputError("automatic oversampling would need %g sub-pixels per pixel edge; "
@@ -505,7 +507,7 @@ def build_scene(cfg: Config, echo: bool = True, stage=None) -> Scene:
     if cfg.stol_file is not None:
         from reference.fileio import read_source_file
         log("reading %s" % cfg.stol_file)
-        read_source_file(cfg.stol_file)          # read and checked; C never uses it
+        read_source_file(cfg.stol_file, c_parity=cfg.c_parity)  # read and checked; C never uses it
 
     for t in range(thicksteps):
         log("thick%d = %g um" % (t, thickstep * t * 1e6))
@@ -573,7 +575,9 @@ def build_scene(cfg: Config, echo: bool = True, stage=None) -> Scene:
         log("  seed: %d" % seed)
         log("  water droplet size: %g m" % cfg.water_size)
 
-    I_bg = WATER_F * WATER_F * R_E_SQR * fluence * cfg.water_size ** 3 * 1e6 * AVOGADRO / WATER_MW
+    # C's expression, in C's order (x ** 3 would raise OverflowError where C gets inf)
+    w = cfg.water_size
+    I_bg = WATER_F * WATER_F * R_E_SQR * fluence * w * w * w * 1e6 * AVOGADRO / WATER_MW
 
     sc.__dict__.update(dict(
         fpixels=fpixels, spixels=spixels, pixel_size=pixel, detsize_f=detsize_f, detsize_s=detsize_s,
@@ -655,4 +659,4 @@ def _check_basic(cfg: Config) -> None:
     from reference.fileio import read_source_file
     for path in (cfg.source_file, cfg.stol_file):
         if path is not None:
-            read_source_file(path)
+            read_source_file(path, c_parity=cfg.c_parity)

@@ -44,7 +44,7 @@ def build_sources(cfg, beam, polar_vector, lambda0, hdivsteps, hdivrange, hdivst
                   vdivsteps, vdivrange, vdivstep, dispsteps, dispersion, dispstep, log) -> Sources:
     """The source list, generated or read, printed as the C program prints it."""
     if cfg.source_file is not None:
-        rows = _read_file_sources(cfg.source_file, beam, lambda0)
+        rows = _read_file_sources(cfg.source_file, beam, lambda0, cfg.c_parity)
         divsteps = -1
     else:
         rows, divsteps = _generate(cfg, beam, polar_vector, lambda0, hdivsteps, hdivrange, hdivstep,
@@ -63,9 +63,9 @@ def build_sources(cfg, beam, polar_vector, lambda0, hdivsteps, hdivrange, hdivst
                    np.array([r[3] for r in rows], dtype=np.float64), divsteps)
 
 
-def _read_file_sources(path, beam, lambda0):
+def _read_file_sources(path, beam, lambda0, c_parity=False):
     from reference.fileio import read_source_file
-    table = read_source_file(path)
+    table = read_source_file(path, c_parity=c_parity)
     rows = []
     for x, y, z, weight, lam in table:
         rows.append((-SOURCE_DISTANCE * beam[0] if math.isnan(x) else x,

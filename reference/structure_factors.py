@@ -40,7 +40,7 @@ def load_structure_factors(cfg, log, stage=None) -> StructureFactors:
     if cfg.hkl_file is None:
         if os.path.exists(cfg.dump_file):
             log("reading Fs from %s" % cfg.dump_file)
-            table = fileio.read_fdump(cfg.dump_file)
+            table = fileio.read_fdump(cfg.dump_file, c_parity=cfg.c_parity)
             return _from_table(table, table.count)
         return StructureFactors(np.zeros((1, 1, 1)), (0, 0, 0), (0, 0, 0), 0)
 

@@ -175,8 +175,8 @@ def test_corrupt_fdump_in_working_folder(work, capsys):
     (["-N", "2.5"], "-N expects a whole number"),
     (["-distance", "1e999"], "-distance expects a finite number"),
     (["-distance", "nan"], "-distance expects a finite number"),
-    (["-seed", "1e30"], "-seed expects a whole number below 2^31"),
-    (["-detpixels", "1e12"], "-detpixels expects a whole number below 2^31"),
+    (["-seed", "3000000000"], "-seed expects a whole number below 2^31"),
+    (["-detpixels", "1000000000000"], "-detpixels expects a whole number below 2^31"),
 ])
 def test_malformed_number(work, capsys, argv, fragment):
     expect_error(capsys, work, GOOD + argv, fragment)
@@ -248,7 +248,7 @@ def test_no_cell(work, capsys):
 
 @pytest.mark.parametrize("cell", [
     ["10", "10", "10", "120", "120", "120"],   # flat: the three axes lie in one plane
-    ["10", "10", "10", "90", "90", "180"],
+    ["10", "10", "10", "170", "170", "170"],  # angles summing past 360 degrees
     ["10", "10", "10", "60", "60", "120"],
     ["10", "10", "10", "10", "10", "80"],      # no such cell: gamma > alpha + beta
     ["1e300"],
