@@ -31,7 +31,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from reference.errors import InputError
+from reference.errors import InputError, warn
 
 __all__ = [
     "InputError",
@@ -602,6 +602,31 @@ def write_fdump(path, table: HKLTable) -> None:
     _atomic_write(path, [_fdump_header(table), grid.tobytes(order="C")])
 
 
+_C_SPACE = b" \t\n\v\f\r"
+_SIX_INTEGERS = re.compile(rb"(?:[ \t\n\v\f\r]*[+-]?\d+){6}")
+
+
+def _fdump_data_as_c_reads_it(raw: bytes, expected_bytes: int, name: str) -> tuple[bytes, int]:
+    """Where C's Fdump reader starts reading values, and the bytes it then has (quirk (t)).
+
+    C reads the header with ``fscanf("%d%d%d%d%d%d\n\f")``; in a scanf format
+    "\n" and "\f" both mean "skip any white space", so after the six numbers C
+    skips every white-space byte, including those that begin the first value
+    (a double whose lowest byte is 0x09-0x0d or 0x20).  ``fread`` then reads the
+    values from there, shifted; what the file lacks at the end stays 0.
+    """
+    m = _SIX_INTEGERS.match(raw)
+    start = m.end() if m else 0
+    while start < len(raw) and raw[start] in _C_SPACE:
+        start += 1
+    written = raw[:start] + raw[start:start + expected_bytes].ljust(expected_bytes, b"\0")
+    shifted = start - (raw.find(b"\n\f") + 2)
+    if shifted > 0:
+        warn(f"{name}: the first value begins with {shifted} white-space byte(s), which C's "
+             "reader skips: every value is read shifted (emulated under -c_parity)")
+    return written, start
+
+
 def read_fdump(path, c_parity: bool = False) -> HKLTable:
     """Read a structure-factor grid written by :func:`write_fdump` or by C.
 
@@ -628,6 +653,8 @@ def read_fdump(path, c_parity: bool = False) -> HKLTable:
         start += 1
     shape = (h_max - h_min + 2, k_max - k_min + 2, l_max - l_min + 2)
     expected_bytes = math.prod(shape) * 8
+    if c_parity:
+        raw, start = _fdump_data_as_c_reads_it(raw, expected_bytes, name)
     found_bytes = len(raw) - start
     if found_bytes != expected_bytes:
         state = "truncated" if found_bytes < expected_bytes else "too long"

@@ -584,3 +584,18 @@ def test_corpus_every_int_image_rewrites_byte_identically(tmp_path):
 def test_hkltable_rejects_wrong_shape():
     with pytest.raises(ValueError):
         HKLTable(0, 1, 0, 1, 0, 1, values=np.zeros((2, 2, 2)), count=0)
+
+
+def test_fdump_first_value_starting_with_white_space_is_read_shifted_under_parity(tmp_path):
+    """quirk (t): C's header format "%d...%d\\n\\f" skips white space, also the first value's bytes."""
+    from reference.fileio import read_fdump
+    shape = (3, 3, 3)
+    values = np.arange(1, 28, dtype="<f8").reshape(shape) * 1.5
+    values[0, 0, 0] = 46.33                       # lowest byte 0x0a: a newline to fscanf
+    data = values.tobytes()
+    assert data[0:1] == b"\n"
+    path = tmp_path / "Fdump.bin"
+    path.write_bytes(b"0 1 0 1 0 1\n\f" + data)
+    np.testing.assert_array_equal(read_fdump(path).values, values)
+    shifted = np.frombuffer(data[1:] + b"\0", "<f8").reshape(shape)
+    np.testing.assert_array_equal(read_fdump(path, c_parity=True).values, shifted)
