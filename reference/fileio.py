@@ -602,7 +602,7 @@ def write_fdump(path, table: HKLTable) -> None:
     _atomic_write(path, [_fdump_header(table), grid.tobytes(order="C")])
 
 
-_C_SPACE = b" \t\n\v\f\r"
+_C_SPACE_BYTES = b" \t\n\v\f\r"
 _SIX_INTEGERS = re.compile(rb"(?:[ \t\n\v\f\r]*[+-]?\d+){6}")
 
 
@@ -617,7 +617,7 @@ def _fdump_data_as_c_reads_it(raw: bytes, expected_bytes: int, name: str) -> tup
     """
     m = _SIX_INTEGERS.match(raw)
     start = m.end() if m else 0
-    while start < len(raw) and raw[start] in _C_SPACE:
+    while start < len(raw) and raw[start] in _C_SPACE_BYTES:
         start += 1
     written = raw[:start] + raw[start:start + expected_bytes].ljust(expected_bytes, b"\0")
     shifted = start - (raw.find(b"\n\f") + 2)

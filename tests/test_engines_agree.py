@@ -4,8 +4,8 @@ The scenes come from the same generator as ``nanobragg-parity``
 (:mod:`tools.scenes`): every flag family, with the input files each scene
 names written into an empty folder of its own, so that no example reads a
 file (an ``Fdump.bin`` above all) that an earlier example wrote.  Half the
-scenes add ``-c_parity``.  float64 must agree to 1e-9 of the image maximum,
-float32 to the measured bound of the per-dtype table.  The quick profile runs
+scenes add ``-c_parity``.  Both dtypes must agree to the measured bound of
+the per-dtype table ``tests/tolerances.py`` (of the image maximum).  The quick profile runs
 by default; HYPOTHESIS_PROFILE=thorough runs thousands of scenes.
 """
 
@@ -24,7 +24,7 @@ from reference.cli import parse_args  # noqa: E402
 from reference.errors import InputError  # noqa: E402
 from reference.render import render as render_reference  # noqa: E402
 from reference.scene import build_scene  # noqa: E402
-FLOAT32_OF_MAX = 2e-5  # placeholder until the per-dtype table lands
+from tests.tolerances import OF_IMAGE_MAX  # noqa: E402
 from tools.scenes import scenes  # noqa: E402
 from torchsim.engine import render as render_torch  # noqa: E402
 
@@ -59,7 +59,7 @@ def test_torch_float64_matches_reference(scene, parity, tmp_path_factory):
     ref, ours = _render_both(scene, parity, "float64", tmp_path_factory.mktemp("scene"))
     # C's running products under -oversample_* can overflow: nothing to compare then
     assume(np.isfinite(ref).all())
-    _assert_close(ref, ours, 1e-9)
+    _assert_close(ref, ours, OF_IMAGE_MAX["float64"])
 
 
 @given(scene=scenes(outputs=False), parity=st.booleans())
@@ -68,4 +68,4 @@ def test_torch_float32_matches_reference(scene, parity, tmp_path_factory):
     ref, ours = _render_both(scene, parity, "float32", tmp_path_factory.mktemp("scene"))
     # float32 cannot hold what C's running products reach in some parity scenes
     assume(np.isfinite(ref).all() and 1e-30 < np.abs(ref).max() < 1e30)
-    _assert_close(ref, ours, FLOAT32_OF_MAX)
+    _assert_close(ref, ours, OF_IMAGE_MAX["float32"])
