@@ -99,9 +99,11 @@ def _render_pass(det, beam, lat, sf, opt, npix, progress, image_dtype=np.float32
     track = sf.interpolate != 0
     oob_eval = np.full(npix if track else 1, -1, dtype=np.int64)
     oob_hkl = np.zeros((npix if track else 1, 3))
-    # row blocks only feed the progress bar: without one, a single parallel call
-    blocks = np.array_split(np.arange(det.spixels), min(det.spixels, 20) if progress else 1)
-    bar = _progress_bar(progress, det.spixels)
+    # row blocks only feed the progress bar: without one, a single parallel call.  Only the
+    # ROI's rows cost anything, so they alone make the bar (its rate, hence its ETA, is right)
+    roi_rows = np.arange(max(int(det.roi[2]), 0), min(int(det.roi[3]), det.spixels - 1) + 1)
+    blocks = np.array_split(roi_rows, min(roi_rows.size, 20) if progress else 1) if roi_rows.size else []
+    bar = _progress_bar(progress, roi_rows.size)
     for rows in blocks:
         if len(rows) == 0:
             continue

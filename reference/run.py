@@ -299,6 +299,8 @@ def _run(cfg: Config, echo: bool, staged: _Staged):
     if echo and reads_fdump:
         _note_earlier_fdump(cfg)
     check_trace_pixel(cfg, sc)
+    from reference.preflight import announce
+    announce(sc, log if echo else None)         # the cost estimate; refuses a run that cannot fit
     # the bar only on a terminal: in a log, tqdm's carriage returns pile up as lines
     progress = cfg.progress and not cfg.printout and echo and _is_terminal(sys.stderr)
     result = render_float_image(sc, progress)

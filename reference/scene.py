@@ -343,6 +343,8 @@ def build_scene(cfg: Config, echo: bool = True, stage=None) -> Scene:
     for name, vec in (("-beam_vector", beam), ("-fdet_vector", fdet), ("-sdet_vector", sdet)):
         if vec == (0.0, 0.0, 0.0):
             raise InputError(f"{name} has zero length")
+    from reference import preflight
+    preflight.check_frame(cfg, fdet, sdet, odet)
 
     log("nanoBragg nanocrystal diffraction simulator - James Holton and Ken Frankel 5-17-17")
 
@@ -497,6 +499,13 @@ def build_scene(cfg: Config, echo: bool = True, stage=None) -> Scene:
     volume = xa * xb * xc
     molecules = Na * Nb * Nc
     log("approximate MW = %g" % (volume * 1.2e6 * AVOGADRO / molecules))
+
+    # ---- pre-flight: every count is known; nothing that grows with one has run yet ----
+    preflight.check_plan(cfg, preflight.Plan(
+        fpixels, spixels, tuple(roi), oversample, cfg.oversample <= 0, needed, (xa, xb, xc), (Na, Nb, Nc),
+        (V.norm(a) * 1e10, V.norm(b) * 1e10, V.norm(c) * 1e10), thicksteps, phisteps, hdivsteps, vdivsteps,
+        dispsteps, mosaic_domains, beam, polar_v, spindle, twotheta_axis, twotheta, close_distance, fluence,
+        bool(interpolate) and (cfg.hkl_file is not None or dump_exists)))
 
     # ---- structure factors ----
     from reference.structure_factors import load_structure_factors
