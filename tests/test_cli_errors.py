@@ -25,17 +25,13 @@ import pytest
 
 from reference import fileio
 from reference.cli import main
+from tests.cli_helpers import CELL, GOOD, OUTPUTS, TINY, expect_error, run_cli  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS_INPUTS = REPO.parent / "shared" / "c_corpus" / "inputs"
 needs_corpus = pytest.mark.skipif(not (CORPUS_INPUTS / "mask.img").is_file(),
                                   reason=f"C corpus inputs not found at {CORPUS_INPUTS} (team's shared/ folder)")
 
-CELL = ["-cell", "50", "60", "70", "90", "90", "90"]
-TINY = ["-N", "2", "-detpixels", "8", "-noprogress", "-seed", "1"]
-# a complete, valid run: add one bad flag to it (later flags override earlier ones)
-GOOD = CELL + ["-default_F", "10"] + TINY
-OUTPUTS = ("floatimage.bin", "intimage.img", "image.pgm", "noiseimage.img")
 
 
 @pytest.fixture
@@ -47,29 +43,6 @@ def work(tmp_path, monkeypatch):
     (tmp_path / "good.mat").write_text("0.02 0 0\n0 0.0166667 0\n0 0 0.0142857\n0 0 0\n50 60 70 90 90 90\n")
     (tmp_path / "good_src.txt").write_text("-10 0 0 1 1e-10\n-10 0.001 0 1 1e-10\n")
     return tmp_path
-
-
-def run_cli(capsys, argv):
-    """(exit status, stdout, stderr) of one in-process run."""
-    rc = main(list(argv))
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
-
-
-def expect_error(capsys, folder, argv, *fragments):
-    """Run ``argv``; it must fail with one clean error line containing ``fragments``."""
-    before = set(os.listdir(folder))
-    rc, _out, err = run_cli(capsys, argv)
-    lines = err.splitlines()
-    assert rc != 0, f"{argv} succeeded"
-    assert "Traceback" not in err
-    assert len(lines) == 1, f"expected one error line, got {lines!r}"
-    assert lines[0].startswith("nanobragg: error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
-    left = set(os.listdir(folder)) - before
-    assert not left, f"{argv} left files behind: {sorted(left)}"
-    return lines[0]
 
 
 def write_mask(path, width, height, zero_at=None):

@@ -30,13 +30,10 @@ import pytest
 
 from reference import fileio
 from reference.cli import main, parse_args, usage
+from tests.cli_helpers import CELL, GOOD, OUTPUTS, TINY, expect_error, run_cli  # noqa: F401
 from reference.config import Config
 from reference.flags import DEFAULTS, FLAGS, StrictNumbers, is_number
 
-CELL = ["-cell", "50", "60", "70", "90", "90", "90"]
-TINY = ["-N", "2", "-detpixels", "8", "-noprogress", "-seed", "1"]
-GOOD = CELL + ["-default_F", "10"] + TINY
-OUTPUTS = ("floatimage.bin", "intimage.img", "image.pgm", "noiseimage.img")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -44,27 +41,6 @@ REPO = Path(__file__).resolve().parents[1]
 def work(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-def run_cli(capsys, argv):
-    rc = main(list(argv))
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
-
-
-def expect_error(capsys, folder, argv, *fragments):
-    """``argv`` fails with exactly one error line holding ``fragments``, and writes nothing."""
-    before = set(os.listdir(folder))
-    rc, _out, err = run_cli(capsys, argv)
-    lines = err.splitlines()
-    assert rc != 0, f"{argv} succeeded"
-    assert len(lines) == 1, f"expected one error line, got {lines!r}"
-    assert lines[0].startswith("nanobragg: error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
-    left = set(os.listdir(folder)) - before
-    assert not left, f"{argv} left files behind: {sorted(left)}"
-    return lines[0]
 
 
 def expect_warning(capsys, argv, *fragments):

@@ -27,12 +27,9 @@ import pytest
 
 from reference import fileio, interrupts, run as run_module
 from reference.cli import main
+from tests.cli_helpers import CELL, GOOD, OUTPUTS, TINY, run_cli  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
-CELL = ["-cell", "50", "60", "70", "90", "90", "90"]
-TINY = ["-N", "2", "-detpixels", "8", "-noprogress", "-seed", "1"]
-GOOD = CELL + ["-default_F", "10"] + TINY
-OUTPUTS = ("floatimage.bin", "intimage.img", "image.pgm", "noiseimage.img")
 
 
 @pytest.fixture
@@ -40,12 +37,6 @@ def work(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "good.hkl").write_text("0 0 1 10\n1 0 0 20\n0 1 0 15.5\n1 1 1 7\n")
     return tmp_path
-
-
-def run_cli(capsys, argv):
-    rc = main(list(argv))
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
 
 
 def leftovers(folder):
