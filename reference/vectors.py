@@ -29,9 +29,10 @@ def scale(v, s):
 
 def unitize(v):
     """Return (unit vector, original length); a zero vector stays zero."""
-    mag = norm(v)
+    # Python floats: a NaN vector (a -c_parity source file holding nan) gives NaN without NumPy's warning
+    mag = float(norm(v))
     if mag != 0.0:
-        return (v[0] / mag, v[1] / mag, v[2] / mag), mag
+        return (float(v[0]) / mag, float(v[1]) / mag, float(v[2]) / mag), mag
     return (0.0, 0.0, 0.0), mag
 
 
