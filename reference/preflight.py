@@ -57,23 +57,26 @@ LONG_RUN_S = 60.0              # a run expected to take longer says so on stderr
 # ---------------------------------------------------------------------------
 # per-engine costs
 # ---------------------------------------------------------------------------
-# Measured on this project's 2-core machine (x86-64, Python 3.11, Numba 0.6x, torch 2.x) by
+# Measured on this project's 2-core machine (x86-64, Python 3.11) by
 #
 #     python -m tools.calibrate_estimate
 #
 # which times in-process renders of scenes that vary one count at a time (CPU
 # seconds of one thread, so that a busy machine disturbs them little), whole
-# runs for the fixed start-up cost, and peak resident memory (/usr/bin/time -v)
-# of large cheap detectors for the bytes per pixel; it prints this table.
+# runs for the fixed start-up cost and the output stage (CPU seconds of one
+# thread), the speed-up of a second thread (wall time: on an idle machine only),
+# and the peak resident set (wait4, as /usr/bin/time -v reports it) of large
+# cheap detectors for the bytes per pixel; it prints this table.  Last measured
+# at load average 0.4-1.1 (idle); `parallel` from a 16.8e6-evaluation scene.
 #
-#   start_s         wall seconds of a tiny whole run (interpreter, imports, caches)
+#   start_s         seconds of a tiny whole run (interpreter, imports, caches)
 #   base_mb         its peak resident set (MB)
 #   pixel_s         CPU seconds per rendered pixel (set-up of a pixel)
 #   subpixel_s      CPU seconds per sub-pixel and sensor layer (position, solid angle...)
 #   eval_s          CPU seconds per evaluation (one source, phi step and domain)
 #   interp_x        evaluation cost multiplier with tricubic interpolation of F
 #   parallel        speed-up per extra thread (1 = perfect)
-#   output_s        wall seconds per detector pixel after the render (statistics, int image,
+#   output_s        seconds per detector pixel after the render (statistics, int image,
 #                   writing the float and int images)
 #   extras_s        more of them when the PGM or the noise image is written
 #   out_bytes       peak bytes per detector pixel after the render (image, masks, temporaries)
@@ -81,15 +84,15 @@ LONG_RUN_S = 60.0              # a run expected to take longer says so on stderr
 #   work_fraction   torch: resident bytes of a chunk / the chunk's budget (400 or 2400 B
 #                   per evaluation, torchsim.engine)
 COSTS = {
-    "numba": dict(start_s=0.46, base_mb=154, pixel_s=1.7e-07, subpixel_s=2.7e-08, eval_s=6.5e-08,
-                  interp_x=4.3, parallel=0.9, output_s=6.5e-08, extras_s=9.4e-08, out_bytes=21.0,
+    "numba": dict(start_s=0.36, base_mb=153, pixel_s=1.6e-07, subpixel_s=3.3e-08, eval_s=6.1e-08,
+                  interp_x=4.3, parallel=0.94, output_s=5.3e-08, extras_s=6.3e-08, out_bytes=21.1,
                   roi_bytes=27.0, work_fraction=0.0),
-    "torch-float32": dict(start_s=1.42, base_mb=358, pixel_s=2.8e-08, subpixel_s=4.7e-08, eval_s=3.3e-08,
-                          interp_x=12.0, parallel=0.8, output_s=5.5e-08, extras_s=6.9e-08, out_bytes=25.0,
-                          roi_bytes=17.9, work_fraction=0.64),
-    "torch-float64": dict(start_s=1.4, base_mb=358, pixel_s=6.2e-08, subpixel_s=4.4e-08, eval_s=6.2e-08,
-                          interp_x=11.1, parallel=0.8, output_s=6e-08, extras_s=5.9e-08, out_bytes=25.0,
-                          roi_bytes=19.5, work_fraction=0.68),
+    "torch-float32": dict(start_s=1.25, base_mb=357, pixel_s=1.9e-08, subpixel_s=4.4e-08, eval_s=3.1e-08,
+                          interp_x=11.5, parallel=0.88, output_s=7.1e-08, extras_s=6.1e-08, out_bytes=25.0,
+                          roi_bytes=19.4, work_fraction=0.64),
+    "torch-float64": dict(start_s=1.36, base_mb=358, pixel_s=8e-08, subpixel_s=3.9e-08, eval_s=5.9e-08,
+                          interp_x=18.7, parallel=0.59, output_s=1.9e-08, extras_s=5.1e-08, out_bytes=25.0,
+                          roi_bytes=22.3, work_fraction=0.64),
 }
 # bytes per table entry, from the code: the structure-factor grid (float64 values and a
 # bool "given" mask, another mask and the Fdump bytes while it is read), an
@@ -379,7 +382,7 @@ def estimate(counts: Counts, cfg, threads: int | None = None) -> Estimate:
                       % (N, k["out_bytes"]), "-detpixels/-detsize/-pixel, or the -img/-mask header"))
         if Q:
             parts.append((k["roi_bytes"] * Q, "%d pixels in the ROI x %.0f bytes (statistics)" % (Q, k["roi_bytes"]),
-                          "-roi"))
+                          "-detpixels/-detsize/-pixel and -roi"))
         if cfg.engine == "torch" and cfg.device != "cuda":
             parts.append((work, "torch working memory (chunks)",
                           "-memory_gb, and per pixel -oversample, sources, -phisteps, -mosaic_dom, layers"))
