@@ -612,7 +612,8 @@ def check_plan(cfg, plan: Plan, echo: bool = True) -> Estimate:
                   "renders it (no Bragg reflection fits: a flat image)", "check -cell (in Angstrom) or -mat")
     rendered, in_roi = pixel_counts(plan.fpixels, plan.spixels, plan.roi, cfg.mask_image)
     if in_roi == 0:
-        _nonsense(cfg, "-roi %d %d %d %d lies entirely off the %dx%d detector" % (tuple(cfg.roi) + (plan.fpixels, plan.spixels)),
+        _nonsense(cfg, "-roi %d %d %d %d lies entirely off the %dx%d detector"
+                  % (tuple(cfg.roi) + (plan.fpixels, plan.spixels)),
                   "renders an all-zero image", "pixels count from 0 (fast: xmin xmax, slow: ymin ymax)")
     elif rendered == 0:
         _nonsense(cfg, "the mask %s is zero on every pixel of the region of interest" % cfg.mask_file,

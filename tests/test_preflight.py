@@ -28,7 +28,7 @@ import pytest
 
 from reference import preflight
 from reference.cli import main, parse_args
-from reference.errors import InputError, reset_warnings
+from reference.errors import reset_warnings
 from reference.scene import build_scene
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,7 +91,8 @@ NONSENSE = {
     "zero two-theta axis": (["-twotheta", "10", "-twotheta_axis", "0", "0", "0"], "-twotheta_axis has zero length"),
     "normal in the detector plane": (["-fdet_vector", "0", "0", "1", "-sdet_vector", "0", "-1", "0",
                                       "-odet_vector", "0", "0", "1"], "-odet_vector lies in the detector plane"),
-    "polarization along the beam": (["-polar", "1", "-polar_vector", "1", "0", "0"], "-polar_vector lies along the beam"),
+    "polarization along the beam": (["-polar", "1", "-polar_vector", "1", "0", "0"],
+                                    "-polar_vector lies along the beam"),
     "ROI off the detector": (["-roi", "100", "200", "100", "200"], "-roi 100 200 100 200 lies entirely off the 8x8"),
     "negative distance": (["-distance", "-100"], "-distance -100 mm is negative"),
     "detector facing away": (["-close_distance", "-100"], "faces away from the sample"),
