@@ -602,8 +602,8 @@ def write_fdump(path, table: HKLTable) -> None:
     _atomic_write(path, [_fdump_header(table), grid.tobytes(order="C")])
 
 
-_C_SPACE_BYTES = b" \t\n\v\f\r"
-_SIX_INTEGERS = re.compile(rb"(?:[ \t\n\v\f\r]*[+-]?\d+){6}")
+_C_SPACE_BYTES = _C_WHITESPACE.encode("ascii")
+_SIX_INTEGERS = re.compile(b"(?:[" + re.escape(_C_SPACE_BYTES) + rb"]*[+-]?\d+){6}")
 
 
 def _fdump_data_as_c_reads_it(raw: bytes, expected_bytes: int, name: str) -> tuple[bytes, int]:
