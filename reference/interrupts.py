@@ -9,7 +9,9 @@ killed by that signal.
 
 Python runs a signal handler between two bytecodes of the main thread, so a
 signal that arrives inside compiled code (a Numba kernel, a torch operation)
-takes effect when that call returns.
+takes effect when that call returns; the engines therefore call their
+kernels in blocks (rows of about a quarter second in the reference, memory-
+bounded chunks in torch), so that a run stops within about a second.
 
 :func:`held` marks a short critical section (the final renames of the output
 files, the removal of temporaries): a signal arriving inside it is kept and

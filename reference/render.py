@@ -13,6 +13,7 @@ two C behaviours that depend on the order in which pixels are visited:
 
 from __future__ import annotations
 
+import time
 
 import numpy as np
 
@@ -93,25 +94,50 @@ def kernel_inputs(sc: Scene):
     return det, beam, lat, sf, opt
 
 
+# Rows are rendered in blocks that each take about this long (seconds): short enough that a
+# signal (Python runs its handler only between two kernel calls) stops the run promptly, long
+# enough that the pool's start-up per call is lost in the noise.
+BLOCK_SECONDS = 0.25
+
+
+def _row_blocks(rows: np.ndarray, seconds_per_row):
+    """Yield consecutive slices of ``rows``, each sized to take about BLOCK_SECONDS.
+
+    ``seconds_per_row()`` gives the rate measured so far, None while too
+    little time has passed to measure it; until then blocks double in size,
+    from a few rows.
+    """
+    start = 0
+    while start < rows.size:
+        rate = seconds_per_row()
+        size = max(4, start) if rate is None else int(BLOCK_SECONDS / max(rate, 1e-9))
+        size = min(max(size, 1), rows.size - start)
+        yield rows[start:start + size]
+        start += size
+
+
 def _render_pass(det, beam, lat, sf, opt, npix, progress, image_dtype=np.float32):
     image = np.zeros((det.spixels, det.fpixels), dtype=image_dtype)
     omega_rows = np.zeros(det.spixels)
     track = sf.interpolate != 0
     oob_eval = np.full(npix if track else 1, -1, dtype=np.int64)
     oob_hkl = np.zeros((npix if track else 1, 3))
-    # row blocks only feed the progress bar: without one, a single parallel call.  Only the
-    # ROI's rows cost anything, so they alone make the bar (its rate, hence its ETA, is right)
+    # only the ROI's rows cost anything, so they alone make the blocks and the bar (its ETA is right)
     roi_rows = np.arange(max(int(det.roi[2]), 0), min(int(det.roi[3]), det.spixels - 1) + 1)
-    blocks = np.array_split(roi_rows, min(roi_rows.size, 20) if progress else 1) if roi_rows.size else []
     bar = _progress_bar(progress, roi_rows.size)
-    for rows in blocks:
-        if len(rows) == 0:
-            continue
-        K.render_rows(image, omega_rows, oob_eval, oob_hkl, det, beam, lat, sf, opt, rows[0], rows[-1] + 1)
+    spent, done = 0.0, 0
+    rate = lambda: spent / done if done and spent > 0.01 else None  # noqa: E731
+    try:
+        for rows in _row_blocks(roi_rows, rate):
+            began = time.perf_counter()
+            K.render_rows(image, omega_rows, oob_eval, oob_hkl, det, beam, lat, sf, opt, rows[0], rows[-1] + 1)
+            spent += time.perf_counter() - began
+            done += rows.size
+            if bar is not None:
+                bar.update(rows.size)
+    finally:
         if bar is not None:
-            bar.update(len(rows))
-    if bar is not None:
-        bar.close()
+            bar.close()
     return image, omega_rows, oob_eval, oob_hkl
 
 

@@ -92,6 +92,38 @@ def test_signal_during_render_leaves_nothing(tmp_path, signame):
     assert (tmp_path / "intimage.img").read_bytes() == b"precious"
 
 
+# a render of about 10 s on this machine, without a progress bar
+LONG_RENDER = CELL + ["-default_F", "10", "-N", "5", "-detpixels", "1024", "-oversample", "8", "-phisteps", "8",
+                      "-osc", "1", "-seed", "1", "-noprogress"]
+
+
+@pytest.mark.parametrize("engine", ["numba", "torch"])
+def test_signal_stops_a_long_render_promptly(tmp_path, engine):
+    """The kernel is called in blocks of about a quarter second, so a signal does not wait for the
+    whole render (Python handles signals only between two calls into compiled code)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-c", "from reference.cli import console_main; console_main()"]
+                            + LONG_RENDER + ["-engine", engine], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if BEFORE_RENDER in line:
+                break
+        time.sleep(1.5)                 # well inside the render (kernels compiled or cached by then)
+        sent = time.perf_counter()
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        delay = time.perf_counter() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert delay < 2.0, f"the run took {delay:.1f} s to stop"
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
 def test_signal_during_writing_removes_temporaries(tmp_path, signame):
     # "writing intimage.img" is printed after the float image went to its temporary file
