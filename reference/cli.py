@@ -9,6 +9,7 @@ status 2.
 from __future__ import annotations
 
 import difflib
+import gc
 import math
 import re
 import sys
@@ -16,6 +17,7 @@ import sys
 import numpy as np
 
 from reference.config import Config
+from reference import interrupts
 from reference.errors import InputError, reset_warnings, warn
 from reference.flags import BY_NAME, FLAGS, RTD, CNumbers, StrictNumbers, is_number
 
@@ -377,16 +379,15 @@ def console_main() -> None:
     them skips the garbage collector's last sweep over them at exit
     (measured: 0.3-0.4 s of a whole run).
     """
-    import gc
-    # Numba imports SciPy's BLAS bindings on its first compiled call when SciPy is
-    # installed (0.17 s measured), although no kernel here calls BLAS.  This process
-    # is ours alone, so the command line hides them; the library never does.
-    sys.modules.setdefault("scipy.linalg.cython_blas", None)
-    # SIGINT, SIGTERM and SIGHUP raise Interrupted: the staged writes remove their
-    # temporary files on the way out (only here: importing the library installs nothing)
-    from reference import interrupts
-    interrupts.install()
     try:
+        # Numba imports SciPy's BLAS bindings on its first compiled call when SciPy is
+        # installed (0.17 s measured), although no kernel here calls BLAS.  This process
+        # is ours alone, so the command line hides them; the library never does.
+        sys.modules.setdefault("scipy.linalg.cython_blas", None)
+        # SIGINT, SIGTERM and SIGHUP raise Interrupted: the staged writes remove their
+        # temporary files on the way out (only here: importing the library installs nothing).
+        # Inside the try, so that a signal at any step from here on ends in one line.
+        interrupts.install()
         status = main()
         sys.stdout.flush()
     except interrupts.Interrupted as exc:
@@ -401,7 +402,7 @@ def console_main() -> None:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         status = EXIT_BROKEN_PIPE
-    interrupts.restore()        # nothing left to clean up: a late signal just ends the process
+    interrupts.finishing()      # nothing left to clean up: a late signal ends the process at once
     gc.freeze()
     sys.exit(status)
 

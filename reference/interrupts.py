@@ -21,6 +21,7 @@ raised as soon as the section ends, so that the section always completes.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 
 # the signals that stop a run cleanly; SIGHUP does not exist on Windows
@@ -64,10 +65,24 @@ def install() -> None:
 
 
 def restore() -> None:
-    """Give the signals the system's default action (end the process), for the last steps of
-    the command, when nothing is left to clean up."""
+    """Give the signals the system's default action (end the process)."""
     for signum in SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
+
+
+def _exit_now(signum, frame):
+    try:
+        os.write(2, ("nanobragg: interrupted by %s\n" % signal.Signals(signum).name).encode())
+    except OSError:
+        pass                    # a hung-up terminal (SIGHUP) may refuse the line
+    os._exit(128 + signum)
+
+
+def finishing() -> None:
+    """For the command's last steps, when every file is in place and nothing is left to clean
+    up: a signal ends the process at once, with the same line and status as during the run."""
+    for signum in SIGNALS:
+        signal.signal(signum, _exit_now)
 
 
 @contextlib.contextmanager

@@ -6,6 +6,12 @@ input files replaced by garbage, empty or odd content.  Whatever happens, the
 command line answers with an exit status and at most clean message lines:
 no exception escapes, no temporary file is left, a failed run writes no
 output, and a successful spec-mode run writes only finite float images.
+
+A second test runs such command lines as real processes, with SIGINT,
+SIGTERM or SIGHUP sent during some of them: a stopped run exits with
+128 + n and leaves nothing, and no run grows beyond the peak memory it
+announced before starting (within the estimate's stated accuracy, a factor
+of 2: specs/cli.md, pre-flight).
 """
 
 from __future__ import annotations
@@ -13,9 +19,15 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
-from hypothesis import event, given, note
+from hypothesis import event, given, note, settings
 from hypothesis import strategies as st
 
 from reference.cli import main
@@ -28,10 +40,11 @@ GARBAGE_FILES = [b"", b"\0" * 64, b"nan nan nan nan\n", b"1 2 3\n", b"{\nHEADER_
 
 
 @st.composite
-def hostile_scenes(draw):
+def hostile_scenes(draw, least: int = 1):
+    """A generated scene with ``least`` to 3 mutations."""
     scene = draw(scenes(outputs=True))
     tokens = list(scene.tokens)
-    for _ in range(draw(st.integers(1, 3))):
+    for _ in range(draw(st.integers(least, 3))):
         kind = draw(st.sampled_from(["drop", "repeat", "number", "file"]))
         i = draw(st.integers(0, len(tokens) - 1))
         if kind == "drop":
@@ -64,11 +77,15 @@ def test_hostile_command_lines_fail_cleanly(scene, parity, tmp_path_factory):
             status = main(argv)
     finally:
         os.chdir(here)
-    text = err.getvalue()
     event("ran" if status == 0 else "refused")
     assert isinstance(status, int)
-    assert "Traceback" not in text and "RuntimeWarning" not in text
-    for line in text.splitlines():
+    check_outcome(folder, inputs, status, err.getvalue(), parity)
+
+
+def check_outcome(folder, inputs, status, stderr, parity, signame=None):
+    """What every run must leave: clean messages, no temporaries, nothing from a failed run."""
+    assert "Traceback" not in stderr and "RuntimeWarning" not in stderr, stderr
+    for line in stderr.splitlines():
         assert line.startswith(("nanobragg: ", "WARNING", " ")) or not line.strip(), line
     files = set(os.listdir(folder))
     assert not [f for f in files if ".part-" in f]
@@ -77,3 +94,86 @@ def test_hostile_command_lines_fail_cleanly(scene, parity, tmp_path_factory):
     elif not parity and FLOAT_FILE in files:
         image = np.fromfile(folder / FLOAT_FILE, np.float32)
         assert np.isfinite(image).all(), "spec mode wrote a non-finite float image"
+    if signame is not None and status == 128 + getattr(signal, signame):
+        assert stderr.splitlines()[-1] == f"nanobragg: interrupted by {signame}"
+
+
+REPO = Path(__file__).resolve().parents[1]
+UNITS = {"bytes": 1.0, "kB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}
+ANNOUNCED = re.compile(r"estimate: peak memory ([0-9.]+) (bytes|kB|MB|GB|TB)")
+# the estimate's stated accuracy (specs/cli.md, pre-flight): within a factor of 2
+MEMORY_FACTOR = 2.0
+
+
+def _wait_for_handlers(pid) -> bool:
+    """Wait until process ``pid`` catches SIGTERM and SIGHUP (Linux: SigCgt in /proc), which
+    means ours are installed (all three at once; Python catches SIGINT from its start, so that
+    one says nothing); False if the process ended first."""
+    mask = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGHUP - 1))
+    while True:
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                caught = next(int(line.split()[1], 16) for line in status if line.startswith("SigCgt:"))
+        except (OSError, StopIteration):
+            return False
+        if caught & mask == mask:
+            return True
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return False
+        time.sleep(0.005)
+
+
+def run_measured(argv, folder, env, out, err, signame, delay):
+    """(exit status, resource usage) of one process, sent ``signame`` after ``delay`` s if given."""
+    proc = subprocess.Popen(argv, cwd=folder, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+    pid, reaped = proc.pid, None
+    try:
+        if signame is not None:
+            signum = getattr(signal, signame)
+            if _wait_for_handlers(pid):
+                time.sleep(delay)
+                os.kill(pid, signum)
+        deadline = time.monotonic() + 120
+        while (reaped := os.wait4(pid, os.WNOHANG))[0] == 0:
+            assert time.monotonic() < deadline, "the run did not end within 120 s"
+            time.sleep(0.02)
+    finally:
+        if reaped is None or reaped[0] == 0:
+            os.kill(pid, signal.SIGKILL)
+            reaped = os.wait4(pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(reaped[1])    # reaped here, not by Popen
+    return proc.returncode, reaped[2]
+
+
+# a process costs about a second: a quarter of the profile's examples (10 in CI's quick profile)
+@settings(max_examples=max(10, settings.default.max_examples // 4), deadline=None)
+# half the scenes unmutated, so that runs render and signals meet renders and writes
+@given(scene=st.one_of(hostile_scenes(), hostile_scenes(least=0)), parity=st.booleans(), engine=st.sampled_from(["numba", "torch"]),
+       signame=st.sampled_from([None, None, "SIGINT", "SIGTERM", "SIGHUP"]), delay=st.floats(0.0, 1.5))
+def test_hostile_runs_as_processes(scene, parity, engine, signame, delay, tmp_path_factory):
+    """The real entry point in a process: signals at a random moment, peak memory measured.
+
+    Signals come up to 1.5 s after the handlers are installed (seen in
+    /proc): reference/entry.py installs them before its first import, about
+    0.05 s after the start; before that the interpreter's defaults act.
+    """
+    folder = tmp_path_factory.mktemp("fuzz")
+    logs = tmp_path_factory.mktemp("logs")
+    scene.materialize(folder)
+    inputs = set(os.listdir(folder))
+    argv = scene.tokens + (["-c_parity"] if parity else []) + ["-noprogress", "-engine", engine]
+    note(" ".join(argv))
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with open(logs / "out", "w") as out, open(logs / "err", "w") as err:
+        status, usage = run_measured([sys.executable, "-c", "from reference.entry import console_main; "
+                                      "console_main()"] + argv, folder, env, out, err, signame, delay)
+    stdout, stderr = (logs / "out").read_text(), (logs / "err").read_text()
+    event("stopped by a signal" if signame and status == 128 + getattr(signal, signame)
+          else "ran" if status == 0 else "refused")
+    assert status >= 0, f"killed by signal {-status}: a handler was missing"
+    check_outcome(folder, inputs, status, stderr, parity, signame)
+    announced = ANNOUNCED.search(stdout)
+    if announced:
+        peak = usage.ru_maxrss * 1024.0                 # Linux reports kilobytes
+        limit = float(announced.group(1)) * UNITS[announced.group(2)] * MEMORY_FACTOR
+        assert peak <= limit, f"peak memory {peak / 1e6:.0f} MB, announced {announced.group(0)}"

@@ -216,6 +216,18 @@ def test_detpixels_46000_fails_within_a_second_naming_the_memory(capsys, monkeyp
     assert 46000 ** 2 * 25 / 1e9 <= needed <= 46000 ** 2 * 60 / 1e9, line
 
 
+def test_tiny_roi_on_a_huge_detector_is_costed_by_the_detector(capsys, monkeypatch, no_render):
+    """-detpixels 20000 -roi 0 1 0 1 renders 4 pixels but writes 20000^2-pixel images, as C
+    does: the estimate counts the whole detector and names -detpixels, not the ROI."""
+    monkeypatch.setattr(preflight, "available_memory", lambda: (4e9, "available"))
+    start = time.perf_counter()
+    line = expect_refusal(capsys, CELL + ["-default_F", "10", "-N", "2", "-detpixels", "20000", "-roi", "0", "1", "0",
+                                          "1", "-noprogress"], "GB of memory", "-detpixels")
+    assert time.perf_counter() - start < 1.0
+    needed = float(line.split("need about ")[1].split(" GB")[0])
+    assert 20000 ** 2 * 15 / 1e9 <= needed <= 20000 ** 2 * 60 / 1e9, line
+
+
 def test_detpixels_46000_whole_program_under_a_memory_limit(tmp_path):
     proc, elapsed = run_limited(CELL + ["-default_F", "10", "-N", "2", "-detpixels", "46000"], tmp_path, timeout=60)
     assert proc.returncode == 2 and "GB of memory" in proc.stderr, proc.stderr[-2000:]
