@@ -256,6 +256,7 @@ class Estimate:
     engine_bytes: float        # torch: the least working memory it can run in (one-pixel chunks
                                # and its per-pixel arrays), for -memory_gb; 0 for numba
     parts: list = field(default_factory=list)     # (bytes, what, flags) of the peak, largest first
+    busy: int = 0              # other processes ready to run when the run started (the time is an idle machine's)
 
     def lines(self) -> list[str]:
         c = self.counts
@@ -268,6 +269,11 @@ class Estimate:
                 else f"about {_duration(self.seconds)}")
         second = (f"estimate: peak memory {_size(self.peak_bytes)}, {when} with {self.engine_label} "
                   f"({self.threads} thread{_s(self.threads)})")
+        if self.seconds is not None and self.busy >= _cpus():
+            # how much slower depends on the scheduler's groups and the others' threads: measured on
+            # this machine, 10 runnable others made a run 2.1x slower, where fair sharing says 6x
+            second += (f" on an idle machine; {self.busy} other processes are running now: expect it to "
+                       f"take longer")
         return [first, second]
 
 
@@ -337,8 +343,26 @@ BYTES_PER_EVAL = 400           # torchsim.engine's chunk budget per evaluation (
 BYTES_PER_EVAL_INTERP = 2400
 
 
-def estimate(counts: Counts, cfg, threads: int | None = None) -> Estimate:
-    """Time and peak memory of a run with these counts, on the engine ``cfg`` names."""
+def competing_processes() -> int:
+    """Other processes ready to run on this machine now (Linux: runnable count of /proc/loadavg,
+    less this one); 0 where unknown.  A snapshot, not the load average: the average still
+    counts the previous run of a script that runs one simulation after another."""
+    try:
+        with open("/proc/loadavg") as f:
+            runnable = int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return max(0, runnable - 1)
+
+
+def estimate(counts: Counts, cfg, threads: int | None = None, busy: int = 0) -> Estimate:
+    """Time and peak memory of a run with these counts, on the engine ``cfg`` names.
+
+    The time is an idle machine's.  ``busy`` (other processes ready to run,
+    :func:`competing_processes`) only adds a warning to the printout: how
+    much a busy machine slows a run depends on the scheduler's groups and the
+    other programs' threads, which a snapshot cannot tell.
+    """
     key = engine_key(cfg)
     k = COSTS[key]
     if threads is None:
@@ -403,7 +427,7 @@ def estimate(counts: Counts, cfg, threads: int | None = None) -> Estimate:
         extras = k["extras_s"] if (cfg.write_pgm or cfg.calculate_noise) else 0.0
         seconds = (k["start_s"] + cpu / speedup + N * (k["output_s"] + extras) + HKL_TEXT_S * c.hkl_bytes
                    + 2e-6 * (c.lines + c.phisteps * c.domains + c.sources))
-    return Estimate(counts, engine_label(cfg), threads, seconds, peak, engine_bytes, parts)
+    return Estimate(counts, engine_label(cfg), threads, seconds, peak, engine_bytes, parts, busy)
 
 
 # ---------------------------------------------------------------------------
@@ -700,7 +724,7 @@ def announce(sc, log=None) -> Estimate:
     """
     cfg = sc.cfg
     counts = scene_counts(sc)
-    est = estimate(counts, cfg, threads_for(cfg, import_torch=cfg.engine == "torch"))
+    est = estimate(counts, cfg, threads_for(cfg, import_torch=cfg.engine == "torch"), competing_processes())
     if log is not None:
         for line in est.lines():
             log(line)

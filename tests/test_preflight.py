@@ -303,6 +303,33 @@ def test_estimate_arithmetic_on_a_small_scene(capsys):
     assert rc == 0 and lines[0] in out.splitlines()
 
 
+def test_estimate_says_when_the_machine_is_busy(capsys, monkeypatch):
+    """The time is an idle machine's; with more runnable processes than cores it says so."""
+    cfg = parse_args(SMALL)
+    c = preflight.scene_counts(build_scene(cfg, echo=False))
+    idle = preflight.estimate(c, cfg, threads=2)
+    busy = preflight.estimate(c, cfg, threads=2, busy=preflight._cpus() + 3)
+    assert busy.seconds == idle.seconds
+    assert "on an idle machine" not in idle.lines()[1]
+    assert busy.lines()[1].endswith(f"on an idle machine; {preflight._cpus() + 3} other processes are running now: "
+                                    "expect it to take longer")
+    monkeypatch.setattr(preflight, "competing_processes", lambda: 0)
+    rc, out, _ = run_cli(capsys, SMALL)
+    assert rc == 0 and "idle machine" not in out
+    monkeypatch.setattr(preflight, "competing_processes", lambda: 40)
+    rc, out, _ = run_cli(capsys, SMALL)
+    assert rc == 0 and "40 other processes are running now" in out
+
+
+def test_competing_processes_reads_a_snapshot():
+    busy = preflight.competing_processes()
+    assert isinstance(busy, int) and busy >= 0
+    if os.path.exists("/proc/loadavg"):
+        with open("/proc/loadavg") as f:
+            runnable = int(f.read().split()[3].split("/")[0])
+        assert abs(busy - (runnable - 1)) <= 20       # others start and stop between the two reads
+
+
 def test_estimate_counts_the_mask(tmp_path):
     from reference import fileio
     mask = np.ones((7, 10), np.uint16)
