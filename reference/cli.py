@@ -9,7 +9,6 @@ status 2.
 from __future__ import annotations
 
 import difflib
-import gc
 import math
 import re
 import sys
@@ -373,12 +372,8 @@ def _interrupted(exc) -> int:
 
 
 def console_main() -> None:
-    """The ``nanobragg`` script: run, then leave without a slow final collection.
-
-    After a run the interpreter holds many compiled-code objects; freezing
-    them skips the garbage collector's last sweep over them at exit
-    (measured: 0.3-0.4 s of a whole run).
-    """
+    """The ``nanobragg`` script: run, then leave without the interpreter's shut-down
+    (:func:`reference.interrupts.leave` says why)."""
     try:
         # Numba imports SciPy's BLAS bindings on its first compiled call when SciPy is
         # installed (0.17 s measured), although no kernel here calls BLAS.  This process
@@ -403,8 +398,7 @@ def console_main() -> None:
         os.close(devnull)
         status = EXIT_BROKEN_PIPE
     interrupts.finishing()      # nothing left to clean up: a late signal ends the process at once
-    gc.freeze()
-    sys.exit(status)
+    interrupts.leave(status)
 
 
 HELP_FLAGS = ("-h", "-help", "--help")

@@ -21,11 +21,11 @@ def console_main() -> None:
         # hold it until the imports are done, then act on it
         with interrupts.held():
             from reference import cli
-        cli.console_main()              # ends with sys.exit
+        cli.console_main()              # never returns
     except interrupts.Interrupted as exc:
         # before the command line's own handling starts, or while it reports a first signal
         try:
             print(f"nanobragg: interrupted by {exc.name}", file=sys.stderr)
         except (OSError, ValueError):
             pass
-        sys.exit(exc.exit_status)
+        interrupts.leave(exc.exit_status)

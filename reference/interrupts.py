@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 
 # the signals that stop a run cleanly; SIGHUP does not exist on Windows
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
@@ -51,9 +52,33 @@ _depth = 0            # nesting depth of held() sections
 _pending = []         # signals that arrived inside one
 
 
+# Code an exception must not be raised into: compiler callbacks called from C (Numba's and
+# llvmlite's), where it would be printed as "Exception ignored" and lost, and finalizers
+_UNSAFE_PARTS = (os.sep + "numba" + os.sep, os.sep + "llvmlite" + os.sep)
+REDELIVERY_S = 0.02
+
+
+def _unsafe(frame) -> bool:
+    if frame is None:
+        return False
+    return frame.f_code.co_name == "__del__" or any(part in frame.f_code.co_filename for part in _UNSAFE_PARTS)
+
+
+def _redeliver(signum) -> None:
+    """Send ``signum`` to this process again shortly, from a timer thread."""
+    import threading
+    timer = threading.Timer(REDELIVERY_S, os.kill, args=(os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
+
+
 def _handler(signum, frame):
     if _depth > 0:
         _pending.append(signum)
+        return
+    if _unsafe(frame):
+        # inside the compiler's own code (loading a cached kernel, say): try again in a moment
+        _redeliver(signum)
         return
     raise Interrupted(signum)
 
@@ -83,6 +108,25 @@ def finishing() -> None:
     up: a signal ends the process at once, with the same line and status as during the run."""
     for signum in SIGNALS:
         signal.signal(signum, _exit_now)
+
+
+def leave(status: int) -> None:
+    """End the process with ``status`` without the interpreter's shut-down.
+
+    The shut-down gives every signal its default action back, and a signal
+    is delivered to whichever thread does not block it (Numba's and torch's
+    worker threads included), so one arriving then would kill the process
+    half-way, with no line and no status of ours.  Leaving at once avoids
+    that, and the shut-down's sweep over thousands of compiled-code objects
+    (a few tenths of a second).  Everything the run wrote is closed by now;
+    only the standard streams need flushing.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 @contextlib.contextmanager
