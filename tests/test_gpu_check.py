@@ -211,12 +211,14 @@ def test_gradient_step_flags_a_wrong_gradient(tmp_path, monkeypatch):
             grads["distance_mm"] = grads["distance_mm"] * (1 + 1e-7)
         if len(calls) == 3:                  # the device's float32 run
             grads["misset"] = grads["misset"] * float("nan")
+            grads["cell_a"] = grads["cell_a"] * 1.01
         return grads
     monkeypatch.setattr(G, "gradients", second_call_off)
     report = G.Report()
     G.step_gradients(_plan(tmp_path), G.Deadline(60.0), report)
     assert [r.result for r in report.rows] == ["FAIL", "FAIL"]
-    assert "distance_mm" in report.rows[0].detail and "misset: not finite" in report.rows[1].detail
+    assert "distance_mm" in report.rows[0].detail
+    assert "misset: not finite" in report.rows[1].detail and "cell_a: 0.01 of its max" in report.rows[1].detail
 
 
 def test_usage_errors(tmp_path, capsys):
