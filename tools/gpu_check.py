@@ -241,7 +241,8 @@ def step_cuda_tests(plan: Plan, deadline: Deadline, report: Report) -> None:
     detail = f"{passed} passed, {n['failures'] + n['errors']} failed, {n['skipped']} skipped"
     if n["failures"] or n["errors"] or proc.returncode not in (0, 5):
         failing = [line for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
-        report.add("cuda tests", check, "FAIL", seconds, detail=detail + ("; " + "; ".join(failing[:3]) if failing else ""))
+        detail += "; " + "; ".join(failing[:3]) if failing else ""
+        report.add("cuda tests", check, "FAIL", seconds, detail=detail)
     elif passed == 0:
         # no CUDA device: expected in the dry run, a failure on a machine that should have one
         report.add("cuda tests", check, "skip" if plan.dry_run else "FAIL", seconds,
@@ -368,10 +369,10 @@ def gradients(scene, device: str, dtype) -> dict:
 
 
 def _rel_elementwise(g, ref) -> float:
-    """max |g - ref| / |ref| over the elements (0/0 counts as 0)."""
-    diff = (g - ref).abs()
-    scale = ref.abs()
-    ratio = np.where(scale.numpy() > 0, (diff / scale.clamp_min(1e-300)).numpy(), np.where(diff.numpy() > 0, np.inf, 0.0))
+    """max |g - ref| / |ref| over the elements (0/0 counts as 0, x/0 as infinite)."""
+    diff, scale = (g - ref).abs().numpy(), ref.abs().numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(scale > 0, diff / scale, np.where(diff > 0, np.inf, 0.0))
     return float(ratio.max())
 
 
@@ -686,7 +687,8 @@ def release_device_memory(plan: Plan) -> None:
 
 def describe(plan: Plan) -> dict:
     import torch
-    device = torch.cuda.get_device_name(0) if plan.device == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
+    cpu = f"CPU ({platform.processor() or platform.machine()})"
+    device = torch.cuda.get_device_name(0) if plan.device == "cuda" else cpu
     return {"mode": "CPU DRY RUN (tiny sizes; timings mean nothing)" if plan.dry_run else "CUDA",
             "device": device, "torch": torch.__version__, "python": platform.python_version(),
             "cpus": os.cpu_count(), "threads": plan.threads,
@@ -701,7 +703,8 @@ COLUMNS = ("step", "check", "result", "seconds", "speed-up vs baseline", "detail
 def markdown(report: Report) -> str:
     h = report.header
     lines = [f"GPU check: {h['mode']}; device {h['device']}; torch {h['torch']}, Python {h['python']}, "
-             f"{h['cpus']} CPUs; baseline {h['baseline']} on {h['threads']} thread(s); median of {h['repeat']} run(s), warm-up: {h['warm_up']}; "
+             f"{h['cpus']} CPUs; baseline {h['baseline']} on {h['threads']} thread(s); "
+             f"median of {h['repeat']} run(s), warm-up: {h['warm_up']}; "
              f"{h.get('elapsed_s', '?')} s of a {h['budget_s']:g} s budget", "",
              "| " + " | ".join(COLUMNS) + " |", "|---|---|---|---:|---:|---|"]
     for r in report.rows:
@@ -727,10 +730,13 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m tools.gpu_check", description=__doc__.splitlines()[0])
     p.add_argument("--c-bin", help="the C nanoBragg binary, the benchmark's baseline (default: $NB_C_BIN; "
                    "without one: the reference engine on the CPU)")
-    p.add_argument("--corpus", default=None, help="the C corpus folder (default: ../shared/c_corpus beside the checkout)")
+    p.add_argument("--corpus", default=None,
+                   help="the C corpus folder (default: ../shared/c_corpus beside the checkout)")
     p.add_argument("--inputs", default=None, help="folder holding A.mat and P1.hkl (default: the corpus' inputs/)")
-    p.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="total time budget in seconds (default 270)")
-    p.add_argument("--repeat", type=int, default=None, help="timed runs per benchmark command (default 2; 1 in the dry run)")
+    p.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
+                   help="total time budget in seconds (default 270)")
+    p.add_argument("--repeat", type=int, default=None,
+                   help="timed runs per benchmark command (default 2; 1 in the dry run)")
     p.add_argument("--threads", type=int, default=2, help="threads of the baseline (OMP_NUM_THREADS, "
                    "NUMBA_NUM_THREADS; default 2)")
     p.add_argument("--cases", default=None, help="comma-separated corpus case names (default: all; the dry run: three)")
