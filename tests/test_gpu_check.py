@@ -89,7 +89,8 @@ def test_scaled_keeps_the_detector_size():
     value = lambda flag: args[args.index(flag) + 1]  # noqa: E731
     assert (value("-detpixels"), value("-pixel"), value("-oversample"), value("-mosaic_dom"),
             value("-phisteps")) == ("128", "0.8", "2", "2", "2")
-    assert small.description.startswith("DRY RUN") and small.inputs == G.HEAVY.inputs
+    assert small.description.startswith("scaled down to 128^2") and small.inputs == G.HEAVY.inputs
+    assert all(w.description.startswith("DRY RUN, scaled down") for w in G.workloads(True))
     light = list(G.scaled(G.LIGHT, 256).args)            # no -pixel: C's default 0.1 mm is scaled
     assert light[light.index("-pixel") + 1] == "0.4"
 
