@@ -314,7 +314,10 @@ def _read_structure(name, doc=None):
         if doc is not None:
             structure = gemmi.make_structure_from_block(doc[0])
         else:
-            structure = gemmi.read_structure(name)
+            known = name.lower().endswith(MODEL_SUFFIXES + CIF_SUFFIXES)
+            # -model with another suffix: gemmi tells PDB from mmCIF by the content
+            structure = gemmi.read_structure(name, format=gemmi.CoorFormat.Unknown if known
+                                             else gemmi.CoorFormat.Detect)
     except (RuntimeError, ValueError, OSError, IndexError) as exc:
         raise InputError(f"{name}: not a readable coordinate file ({_one_line(exc)})") from None
     if len(structure) == 0 or not any(True for _ in _atoms(structure[0])):
