@@ -64,13 +64,6 @@ def _write_hkl(path, table):
     return path
 
 
-def _table_dict(table):
-    """{(h, k, l): F} of the entries a table was given."""
-    idx = np.argwhere(table.given)
-    lows = (table.h_min, table.k_min, table.l_min)
-    return {tuple(int(i + lo) for i, lo in zip(row, lows)): float(table.values[tuple(row)]) for row in idx}
-
-
 def _same_table(a, b):
     assert (a.h_min, a.h_max, a.k_min, a.k_max, a.l_min, a.l_max) == (b.h_min, b.h_max, b.k_min, b.k_max,
                                                                       b.l_min, b.l_max)
