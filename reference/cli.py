@@ -342,7 +342,18 @@ def parse_args(tokens) -> Config:
         for name, flag, values in pairs:
             flag.action(cfg, values, StrictNumbers(name))
     cfg.mask_file, cfg.img_file = mask, img
+    _structure_factor_source(cfg, pairs)
     return cfg
+
+
+def _structure_factor_source(cfg: Config, pairs) -> None:
+    """-hkl or -model, their options, and the unit cell an MTZ, mmCIF or model file gives."""
+    given = {flag.names[0] for _, flag, _ in pairs if flag is not None}
+    if "-hkl" in given and "-model" in given:
+        raise InputError("give -hkl (reflections) or -model (coordinates), not both")
+    from reference import reflections
+    reflections.check_options(cfg)
+    reflections.adopt_file_cell(cfg)
 
 
 def usage() -> str:

@@ -37,6 +37,9 @@ class Config:
     stol_file: str | None = None
     stol_file_mult: float = 1.0e10
     default_F: float = 0.0
+    hkl_column: str | None = None        # MTZ/mmCIF column of -hkl (None: chosen by name)
+    hkl_from_model: bool = False         # -model: hkl_file is a coordinate model
+    model_dmin: float = 0.0              # resolution limit of a model's amplitudes, m (0: -dmin's)
 
     # --- crystal -----------------------------------------------------------
     user_cell: bool = False

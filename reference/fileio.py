@@ -37,6 +37,7 @@ __all__ = [
     "InputError",
     "HKLTable",
     "read_hkl",
+    "hkl_table",
     "fill_default",
     "write_fdump",
     "read_fdump",
@@ -547,6 +548,18 @@ def read_hkl(path, c_parity: bool = False) -> HKLTable:
         return _read_hkl_like_c(path, name, warnings)
     else:
         hkl, amplitudes = _read_hkl_lines(path, name, warnings)
+    return hkl_table(hkl, amplitudes, name, warnings)
+
+
+def hkl_table(hkl: np.ndarray, amplitudes: np.ndarray, name: str, warnings: list[str] | None = None) -> HKLTable:
+    """The dense :class:`HKLTable` of a list of reflections.
+
+    ``hkl`` is an int (n, 3) array of Miller indices (n >= 1), ``amplitudes``
+    the (n,) structure factor amplitudes; ``name`` names the source in an
+    error.  A reflection listed twice keeps its last amplitude.
+    """
+    hkl = np.asarray(hkl, dtype=np.int64).reshape(-1, 3)
+    amplitudes = np.asarray(amplitudes, dtype=np.float64)
     lows = hkl.min(axis=0)
     highs = hkl.max(axis=0)
     shape = tuple(int(n) for n in highs - lows + 2)  # range + 1 padding slot per axis
@@ -566,7 +579,7 @@ def read_hkl(path, c_parity: bool = False) -> HKLTable:
         h_min=int(lows[0]), h_max=int(highs[0]),
         k_min=int(lows[1]), k_max=int(highs[1]),
         l_min=int(lows[2]), l_max=int(highs[2]),
-        values=values, count=len(amplitudes), warnings=warnings, given=given,
+        values=values, count=len(amplitudes), warnings=warnings if warnings is not None else [], given=given,
     )
 
 

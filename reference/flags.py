@@ -205,6 +205,7 @@ DEFAULTS = {
     "-fudge": "1", "-printout_pixel": "every pixel (with -printout)",
     "-seed": "the clock", "-mosaic_seed": "12345678", "-misset_seed": "the clock",
     "-water": "0 um",
+    "-model": "none", "-model_dmin": "the -dmin value", "-hkl_column": "auto (FP, F, FOBS, ...; IMEAN, I, ...)",
     "-engine": "numba", "-device": "cpu", "-dtype": "float64", "-c_parity": "off",
     "-trace_pixel": "none", "-memory_gb": "4 GB",
 }
@@ -574,7 +575,7 @@ def _path(attr, also=None):
 
 
 flag("-mat", 1, _has("-mat"), help="MOSFLM orientation matrix file")(_path("mat_file"))
-flag("-hkl", 1, _has("-hkl"), help="structure factors: h k l F text file")(_path("hkl_file"))
+flag("-hkl", 1, _has("-hkl"), help="structure factors: h k l F text file, or MTZ, mmCIF, PDB")(_path("hkl_file"))
 
 
 @flag("-default_F", 1, _has("-default_F"), help="structure factor of unlisted reflections (electrons)")
@@ -680,6 +681,21 @@ flag("-c_parity", 0, ours=True, help="emulate the verified C bugs (see specs/qui
 
 @flag("-trace_pixel", 2, ours=True, help="print every intermediate of one pixel: slow fast (pixels)")
 def _(c, v, n): c.trace_pixel = (n.i(v[0]), n.i(v[1]))
+
+
+flag("-model", 1, ours=True, help="coordinate model (PDB or mmCIF) whose structure factors are computed")(
+    _path("hkl_file", ("hkl_from_model", True)))
+
+
+@flag("-model_dmin", 1, ours=True, help="resolution limit of the structure factors computed from -model (A)")
+def _(c, v, n):
+    c.model_dmin = n.f(v[0]) * 1e-10
+    if not c.model_dmin > 0:
+        raise InputError("-model_dmin must be positive")
+
+
+@flag("-hkl_column", 1, ours=True, help="column of amplitudes or intensities in an MTZ or mmCIF -hkl file")
+def _(c, v, n): c.hkl_column = v[0]
 
 
 @flag("-memory_gb", 1, ours=True, help="memory budget of the torch engine (GB)")

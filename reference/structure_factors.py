@@ -1,8 +1,10 @@
 """Structure factors of the unit cell: the dense F(h,k,l) grid.
 
-The grid comes from an HKL text file (and is then cached in ``Fdump.bin``,
-byte-compatible with the C program), from an earlier run's ``Fdump.bin``, or
-is empty, in which case every reflection takes ``-default_F``.
+The grid comes from an HKL text file, an MTZ or mmCIF reflection file or a
+coordinate model (:mod:`reference.reflections`), and is then cached in
+``Fdump.bin``, byte-compatible with the C program; or from an earlier run's
+``Fdump.bin``; or is empty, in which case every reflection takes
+``-default_F``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reference import fileio
+from reference import fileio, reflections
 
 
 @dataclass
@@ -44,16 +46,20 @@ def load_structure_factors(cfg, log, stage=None) -> StructureFactors:
             return _from_table(table, table.count)
         return StructureFactors(np.zeros((1, 1, 1)), (0, 0, 0), (0, 0, 0), 0)
 
-    log("counting entries in %s" % cfg.hkl_file)
-    # -c_parity reads the file exactly as C's two fscanf() passes do
-    table = fileio.read_hkl(cfg.hkl_file, c_parity=cfg.c_parity)
-    for warning in table.warnings:
-        log(warning)
+    if reflections.source_kind(cfg.hkl_file, cfg.hkl_from_model) != "text":
+        table = reflections.load_table(cfg, log)        # MTZ, mmCIF or a coordinate model
+    else:
+        log("counting entries in %s" % cfg.hkl_file)
+        # -c_parity reads the file exactly as C's two fscanf() passes do
+        table = fileio.read_hkl(cfg.hkl_file, c_parity=cfg.c_parity)
+        for warning in table.warnings:
+            log(warning)
     if cfg.default_F != 0.0:
         log("initializing to default_F = %g:" % cfg.default_F)
         fileio.fill_default(table, cfg.default_F)
         log("done initializing:")
-    log("re-reading %s" % cfg.hkl_file)
+    if reflections.source_kind(cfg.hkl_file, cfg.hkl_from_model) == "text":
+        log("re-reading %s" % cfg.hkl_file)
     warning = "WARNING: unable to open dump file: %s" % cfg.dump_file
     if stage is not None:
         if _writable(cfg.dump_file):
