@@ -53,6 +53,26 @@ def cpus() -> int:
 # the cluster
 # ---------------------------------------------------------------------------
 
+def _probe(address: str) -> None:
+    """Refuse at once a TCP scheduler address that nothing listens on (Dask would retry for its whole timeout)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if not address.startswith("tcp://"):
+        return
+    try:
+        parts = urlsplit(address)
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:
+        raise InputError(f"bad Dask scheduler address {address}: {exc}") from None
+    if host is None or port is None:
+        raise InputError(f"bad Dask scheduler address {address}: expected tcp://HOST:PORT")
+    try:
+        socket.create_connection((host, port), timeout=10).close()
+    except OSError as exc:
+        raise InputError(f"cannot reach the Dask scheduler at {address}: {exc.strerror or exc}") from None
+
+
 class Cluster:
     """A Dask client: on a LocalCluster of ``workers`` processes bound to 127.0.0.1, or on ``scheduler``."""
 
@@ -68,13 +88,18 @@ class Cluster:
         for name in ("distributed", "tornado", "bokeh"):
             logging.getLogger(name).setLevel(logging.ERROR)
         if self.scheduler:
+            _probe(self.scheduler)
             try:
                 self.client = Client(self.scheduler, timeout="20s")
             except (OSError, TimeoutError, ValueError) as exc:
                 raise InputError(f"cannot reach the Dask scheduler at {self.scheduler}: {exc}") from None
             return self
+        # every socket on 127.0.0.1: the workers, the scheduler, and the scheduler's HTTP routes
+        # (which would otherwise take port 8787 even without a dashboard)
         self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                    host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
+                                    host="127.0.0.1", dashboard_address=None,
+                                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                                    silence_logs=logging.ERROR)
         self.client = Client(self.cluster)
         return self
 

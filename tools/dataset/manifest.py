@@ -78,7 +78,15 @@ def remove_leftovers(folder) -> list:
 
 
 class Manifest:
-    """The verified files of a dataset folder, saved at most every ``interval`` seconds while a run goes on."""
+    """The verified files of a dataset folder.
+
+    Saved after every file while it lists fewer than ``LARGE`` files; a larger
+    one at most every ``interval`` seconds (rewriting it costs time in
+    proportion to its length), so a killed run loses the record of at most
+    that much work, never a file.
+    """
+
+    LARGE = 1000
 
     def __init__(self, folder, interval: float = 0.5):
         self.folder = folder
@@ -124,7 +132,7 @@ class Manifest:
     def record(self, name: str, print_: str, sha256: str, size: int) -> None:
         self.files[name] = {"fingerprint": print_, "sha256": sha256, "bytes": size}
         self._dirty = True
-        if time.monotonic() - self._saved >= self.interval:
+        if len(self.files) < self.LARGE or time.monotonic() - self._saved >= self.interval:
             self.save()
 
     def record_master(self, name: str, print_: str, frames: list) -> None:
