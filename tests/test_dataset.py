@@ -417,8 +417,16 @@ def test_bands_summed_back_give_the_whole_image(render, scheduler, tmp_path):
     toml = tmp_path / "bands.toml"
     toml.write_text(text.replace("images = 24", "images = 3") + "\n[execution]\ntile_pixels = 2000\n")
     from tools.dataset import description, execution, plan
+    from tools.dataset.render import render_float, resolved_roi, row_bands, scene_for
     the_plan = plan.build(description.load(toml), "float", str(tmp_path / "x"))
-    assert execution.band_count(the_plan.sweeps[0], 2000, 0.0) == 5          # 96 x 96 pixels
+    sweep = the_plan.sweeps[0]
+    assert execution.band_count(sweep, 2000, 0.0) == 4          # 96 x 80 pixels
+    bands = row_bands(resolved_roi(sweep.scene), 96, 4)
+    assert bands == [(0, 19), (20, 39), (40, 59), (60, 79)]
+    # a band's task renders its own rows only
+    first, last = bands[1]
+    part = render_float(scene_for(sweep.images[0].tokens, (0, 95, first, last)))
+    assert part[first:last + 1].any() and not part[:first].any() and not part[last + 1:].any()
     rc, _, err = run_dataset(toml, "--out", tmp_path / "out", "--format", "float", "--scheduler", scheduler,
                              "--no-progress")
     assert rc == 0, err
