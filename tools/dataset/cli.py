@@ -47,7 +47,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, help="image format (default: [dataset] format, else cbf)")
     p.add_argument("--workers", type=_positive, help="local Dask worker processes (default: the machine's cores)")
     p.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
-    p.add_argument("--engine", choices=("numba", "torch"), help="engine of every image (default: the scene's, else numba)")
+    p.add_argument("--engine", choices=("numba", "torch"),
+                   help="engine of every image (default: the scene's, else numba)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="device of the torch engine")
     p.add_argument("--no-progress", "-noprogress", dest="progress", action="store_false", help="no progress bar")
     return p
