@@ -74,8 +74,8 @@ def main(argv=None) -> int:
     try:
         desc = description.load(args.description)
         fmt = args.format or desc.format or "cbf"
-        os.makedirs(args.out, exist_ok=True)
         the_plan = plan.build(desc, fmt, args.out, args.engine, args.device)
+        os.makedirs(args.out, exist_ok=True)
         manifest.write_json(os.path.join(args.out, manifest.TRUTH), plan.truth(the_plan, _version()))
         workers = args.workers or (None if args.scheduler else execution.cpus())
         outcome = execution.run(the_plan, args.out, workers, args.scheduler, args.progress)
