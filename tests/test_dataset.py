@@ -735,3 +735,15 @@ def test_a_worker_ignores_an_fdump_in_its_folder(tmp_path):
     assert Path("Fdump.bin").exists()                      # in this test's own folder
     sc = scene_for(["-cell", "40", "50", "60", "90", "90", "90", "-default_F", "3", "-detpixels", "8"])
     assert sc.hkls == 0
+
+
+def test_a_local_cuda_run_without_a_device_gives_one_line(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    toml = tmp_path / "good.toml"
+    toml.write_text(GOOD)
+    rc, _, err = run_dataset(toml, "--out", tmp_path / "out", "--engine", "torch", "--device", "cuda",
+                             "--no-progress")
+    lines = err.splitlines()
+    assert rc == 2 and len(lines) == 1 and "no CUDA device" in lines[0], lines

@@ -26,7 +26,7 @@ import numpy as np
 
 from reference.errors import InputError
 from tools.dataset import draws as D
-from tools.dataset.manifest import PART, Manifest, atomic_write, remove_leftovers, sha256_file
+from tools.dataset.manifest import PART, Manifest, atomic_write, remove_leftovers
 from tools.dataset.plan import Plan, image_fingerprint, master_fingerprint
 from tools.dataset.render import Job, finish_image, render_band, render_image, resolved_roi, row_bands
 
@@ -182,6 +182,16 @@ def _pending(plan: Plan, manifest: Manifest) -> tuple:
     return todo, done
 
 
+def _check_local_device(todo) -> None:
+    """Refuse at once a local run on CUDA without a CUDA device (every image would fail alike)."""
+    if any("-device" in image.tokens and image.tokens[image.tokens.index("-device") + 1:][:1] == ["cuda"]
+           for _, image in todo):
+        import torch
+        if not torch.cuda.is_available():
+            raise InputError("-device cuda: no CUDA device is available on this machine "
+                             "(with --scheduler, the cluster's workers need one)")
+
+
 def _calibrations(plan: Plan, client) -> dict:
     """Per detector shape, the per-pixel calibration map (fixed over the dataset), sent to every worker."""
     if not plan.noisy:
@@ -198,10 +208,10 @@ def _calibrations(plan: Plan, client) -> dict:
 
 
 def _job(plan: Plan, sweep, image, threads, bands) -> Job:
-    from tools.dataset.plan import _timestamp
+    from tools.dataset.plan import timestamp
     return Job(image.index, image.name, list(image.tokens), plan.format, plan.description.detector_effects,
                image.noise_seed, threads, bands, resolved_roi(sweep.scene),
-               {"timestamp": _timestamp(image.index, image.exposure_s)})
+               {"timestamp": timestamp(image.index, image.exposure_s)})
 
 
 def _message(exc) -> str:
@@ -222,6 +232,8 @@ def run(plan: Plan, out: str, workers: int | None, scheduler: str | None, progre
     outcome = Outcome(total=len(plan.images), skipped=done)
     if plan.format == "nexus":
         os.makedirs(os.path.join(out, "frames"), exist_ok=True)
+    if todo and scheduler is None:
+        _check_local_device(todo)
     try:
         if todo:
             with Cluster(workers, scheduler) as cluster:
@@ -327,5 +339,3 @@ def _assemble_masters(plan: Plan, out: str, manifest: Manifest, log) -> None:
     if os.path.isdir(frames) and not os.listdir(frames):
         os.rmdir(frames)
 
-
-__all__ = ["run", "Outcome", "Cluster", "band_count", "sha256_file"]

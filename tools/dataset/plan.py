@@ -153,7 +153,8 @@ def _file_name(prefix: str, frame: int, count: int, fmt: str) -> str:
     return os.path.join("frames", name) if fmt == "nexus" else name
 
 
-def _timestamp(index: int, exposure: float) -> str:
+def timestamp(index: int, exposure: float) -> str:
+    """A made-up, reproducible acquisition time for a file header: 2000-01-01 plus index x exposure."""
     when = EPOCH + np.timedelta64(int(round(index * exposure * 1000)), "ms")
     return str(when)
 
