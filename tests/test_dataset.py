@@ -653,13 +653,26 @@ def test_noisy_images_come_from_reference_noise_with_the_image_seed(render, sche
     assert rc == 0, err
     truth = truth_of(tmp_path / "out")
     assert truth["noisy"] and truth["stored"].startswith("noisy")
-    effects = noise.DetectorEffects.from_mapping({})
+    # the table's settings, with the scene's pixel size (mm) for the PSF; the map's seed from the dataset's
+    assert truth["sweeps"][0]["detector_effects"] == {"pixel": 0.4}
+    assert truth["calibration_seed"] == draws.seed_from(draws.dataset_stream(2024))
+    effects = noise.DetectorEffects.from_mapping({"pixel": 0.4})
     photons = float_images(render("rotation"))
-    calibration = noise.calibration_map(photons[0].shape, effects, draws.seed_from(draws.dataset_stream(2024)))
+    calibration = noise.calibration_map(photons[0].shape, effects, truth["calibration_seed"])
     for k, image in enumerate(float_images(tmp_path / "out")):
         seed = truth["images"][k]["draws"]["noise_seed"]
         expected = noise.apply_detector_effects(photons[k], effects, seed, calibration=calibration)
         assert np.array_equal(image, np.asarray(expected, dtype=np.float32))
+
+
+def test_a_calibration_seed_in_the_table_is_the_maps_seed(tmp_path):
+    pytest.importorskip("reference.noise")
+    from tools.dataset import description, plan
+    toml = tmp_path / "d.toml"
+    toml.write_text(GOOD + "[detector_effects]\ncalib_seed = 99\npixel = 0.2\n")
+    the_plan = plan.build(description.load(toml), "float", str(tmp_path / "out"))
+    assert the_plan.calibration_seed == 99
+    assert the_plan.sweeps[0].effects == {"calib_seed": 99, "pixel": 0.2}
 
 
 def test_a_bad_detector_effects_key_gives_one_line(tmp_path):

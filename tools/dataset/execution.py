@@ -25,7 +25,6 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from reference.errors import InputError
-from tools.dataset import draws as D
 from tools.dataset.manifest import PART, Manifest, atomic_write, remove_leftovers
 from tools.dataset.plan import Plan, image_fingerprint, master_fingerprint
 from tools.dataset.render import Job, finish_image, render_band, render_image, resolved_roi, row_bands
@@ -193,23 +192,25 @@ def _check_local_device(todo) -> None:
 
 
 def _calibrations(plan: Plan, client) -> dict:
-    """Per detector shape, the per-pixel calibration map (fixed over the dataset), sent to every worker."""
+    """Per sweep, the detector's per-pixel calibration map (fixed over the dataset), sent to every worker."""
     if not plan.noisy:
         return {}
     from reference.noise import DetectorEffects, calibration_map
-    effects = DetectorEffects.from_mapping(dict(plan.description.detector_effects))
-    seed = D.seed_from(D.dataset_stream(plan.description.seed))
-    maps = {}
+    maps, sent = {}, {}
     for sweep in plan.sweeps:
         shape = (sweep.geometry["spixels"], sweep.geometry["fpixels"])
-        if shape not in maps:
-            maps[shape] = client.scatter(np.asarray(calibration_map(shape, effects, seed)), broadcast=True)
+        effects = DetectorEffects.from_mapping(dict(sweep.effects))
+        key = (shape, repr(sorted(sweep.effects.items())))
+        if key not in sent:
+            sent[key] = client.scatter(np.asarray(calibration_map(shape, effects, plan.calibration_seed)),
+                                       broadcast=True)
+        maps[id(sweep)] = sent[key]
     return maps
 
 
 def _job(plan: Plan, sweep, image, threads, bands) -> Job:
     from tools.dataset.plan import timestamp
-    return Job(image.index, image.name, list(image.tokens), plan.format, plan.description.detector_effects,
+    return Job(image.index, image.name, list(image.tokens), plan.format, sweep.effects,
                image.noise_seed, threads, bands, resolved_roi(sweep.scene),
                {"timestamp": timestamp(image.index, image.exposure_s)})
 
@@ -261,7 +262,7 @@ def _render(plan, out, todo, cluster, manifest, outcome, progress, log) -> None:
         n = counts[id(sweep)]
         bands = row_bands(resolved_roi(sweep.scene), sweep.geometry["fpixels"], n) if n > 1 else None
         job = _job(plan, sweep, image, threads, bands)
-        calibration = calibrations.get((sweep.geometry["spixels"], sweep.geometry["fpixels"]))
+        calibration = calibrations.get(id(sweep))
         if bands:
             parts = [client.submit(render_band, job, band, retries=retries, pure=False) for band in bands]
             future = client.submit(finish_image, job, parts, calibration, retries=retries, pure=False)

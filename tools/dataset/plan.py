@@ -60,6 +60,7 @@ class Sweep:
     integer_scale: float = 1.0
     adc_offset: float = 40.0
     scene: object = None         # the reference scene of the first image (client side only)
+    effects: dict | None = None  # [detector_effects] as applied to this sweep (see sweep_effects)
 
 
 @dataclass
@@ -69,6 +70,7 @@ class Plan:
     engine_tokens: list
     sweeps: list
     noisy: bool
+    calibration_seed: int | None = None   # seed of the detector's calibration map (noisy datasets)
 
     @property
     def images(self) -> list:
@@ -172,7 +174,26 @@ def build(desc: Description, fmt: str, out: str, engine: str | None = None, devi
             index += len(sweep.images)
     else:
         plan.sweeps.append(_stills_sweep(desc, fmt, extra, noisy, out))
+    if noisy:
+        for sweep in plan.sweeps:
+            sweep.effects = sweep_effects(desc.detector_effects, sweep.geometry)
+        plan.calibration_seed = calibration_seed(desc)
     return plan
+
+
+def sweep_effects(table: dict, geometry: dict) -> dict:
+    """The [detector_effects] settings for a sweep: the table, with the scene's pixel size
+    (``pixel``, mm: it turns the PSF width into pixels) unless the table gives one."""
+    effects = dict(table)
+    effects.setdefault("pixel", geometry["pixel_size_m"] * 1e3)
+    return effects
+
+
+def calibration_seed(desc: Description) -> int:
+    """The calibration map's seed: [detector_effects] calib_seed when given, else a draw of the dataset stream."""
+    if "calib_seed" in desc.detector_effects:
+        return int(desc.detector_effects["calib_seed"])
+    return D.seed_from(D.dataset_stream(desc.seed))
 
 
 def _sweep_geometry(tokens, where: str) -> tuple:
@@ -396,8 +417,9 @@ def stored_values(plan: Plan) -> str:
 
 def image_fingerprint(plan: Plan, image: Image) -> str:
     from tools.dataset.manifest import fingerprint
-    return fingerprint({"tokens": image.tokens, "format": plan.format,
-                        "effects": plan.description.detector_effects, "noise_seed": image.noise_seed,
+    sweep = plan.sweeps[image.sweep]
+    return fingerprint({"tokens": image.tokens, "format": plan.format, "effects": sweep.effects,
+                        "calibration_seed": plan.calibration_seed, "noise_seed": image.noise_seed,
                         "seed": plan.description.seed, "spectrum": image.spectrum[1] if image.spectrum else None})
 
 
@@ -419,6 +441,7 @@ def truth(plan: Plan, version: str) -> dict:
             "phisteps": sweep.phisteps, "master": sweep.master,
             "integer_scale": sweep.integer_scale, "adc_offset": sweep.adc_offset,
             "geometry": sweep.geometry, "lab_to_imgcif": (MCSTAS_TO_IMGCIF @ M).tolist(),
+            "detector_effects": sweep.effects,
         })
         for k, image in enumerate(sweep.images):
             entry = {
@@ -444,6 +467,7 @@ def truth(plan: Plan, version: str) -> dict:
         "engine_tokens": plan.engine_tokens,
         "noisy": plan.noisy, "stored": stored_values(plan),
         "detector_effects": desc.detector_effects,
+        "calibration_seed": plan.calibration_seed,
         "frames": ("vectors are in nanoBragg's lab frame (metres, or Angstrom and 1/Angstrom for the crystal; "
                    "orientation at spindle angle 0); each sweep's lab_to_mcstas and lab_to_imgcif rotate them "
                    "into the NeXus and DIALS frames"),
