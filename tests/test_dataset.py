@@ -659,10 +659,22 @@ def test_noisy_images_come_from_reference_noise_with_the_image_seed(render, sche
     effects = noise.DetectorEffects.from_mapping({"pixel": 0.4})
     photons = float_images(render("rotation"))
     calibration = noise.calibration_map(photons[0].shape, effects, truth["calibration_seed"])
+    expected = [noise.apply_detector_effects(photons[k], effects, entry["draws"]["noise_seed"], calibration=calibration)
+                for k, entry in enumerate(truth["images"])]
     for k, image in enumerate(float_images(tmp_path / "out")):
-        seed = truth["images"][k]["draws"]["noise_seed"]
-        expected = noise.apply_detector_effects(photons[k], effects, seed, calibration=calibration)
-        assert np.array_equal(image, np.asarray(expected, dtype=np.float32))
+        assert np.array_equal(image, np.asarray(expected[k], dtype=np.float32))
+    # the NeXus stack holds them as 16-bit counts, with the detector's saturation value
+    import h5py
+    import hdf5plugin  # noqa: F401
+    rc, _, err = run_dataset(toml, "--out", tmp_path / "nx", "--format", "nexus", "--scheduler", scheduler,
+                             "--no-progress")
+    assert rc == 0, err
+    with h5py.File(tmp_path / "nx" / "image_master.h5", "r") as f:
+        assert f["/entry/instrument/detector/saturation_value"][()] == 65535
+        data = f["/entry/data/data"]
+        assert data.dtype == np.uint16
+        for k in range(len(expected)):
+            assert np.array_equal(data[k], noise.to_uint16(expected[k]))
 
 
 def test_a_calibration_seed_in_the_table_is_the_maps_seed(tmp_path):
