@@ -772,3 +772,24 @@ def test_a_local_cuda_run_without_a_device_gives_one_line(tmp_path):
                              "--no-progress")
     lines = err.splitlines()
     assert rc == 2 and len(lines) == 1 and "no CUDA device" in lines[0], lines
+
+
+def test_a_worker_reads_its_structure_factors_once(tmp_path):
+    """The second image with the same reflection file reads the worker's Fdump copy: the same image."""
+    from tools.dataset.render import render_float, scene_for
+    hkl = tmp_path / "f.hkl"
+    shutil.copy(EXAMPLES / "example.hkl", hkl)
+    tokens = ["-hkl", str(hkl), "-cell", "40", "50", "60", "90", "90", "90", "-N", "2", "-detpixels", "24",
+              "-pixel", "0.4", "-distance", "60", "-misset", "10", "20", "30"]
+    first = scene_for(tokens + ["-phi", "0", "-osc", "0.5"])
+    assert first.cfg.hkl_file == str(hkl)                             # read from the file
+    second = scene_for(tokens + ["-phi", "0.5", "-osc", "0.5"])
+    assert second.cfg.hkl_file is None and second.cfg.dump_file.endswith(".fdump")
+    again = scene_for(tokens + ["-phi", "0", "-osc", "0.5"])
+    assert np.array_equal(render_float(again), render_float(first))
+    assert np.array_equal(second.Fhkl, first.Fhkl) and second.interpolate == first.interpolate == 1
+    # another reflection file (or the same one changed) is read afresh
+    text = hkl.read_text()
+    hkl.write_text(text.replace("\n", "\n", 1) + "0 0 1 5\n")
+    os.utime(hkl, ns=(1, 1))
+    assert scene_for(tokens + ["-phi", "0", "-osc", "0.5"]).cfg.hkl_file == str(hkl)

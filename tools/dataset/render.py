@@ -46,9 +46,79 @@ def scene_for(tokens, roi=None):
         cfg.dump_file = _NO_CACHE
     if roi is not None:
         cfg.roi = [int(v) for v in roi]
-    sc = build_scene(cfg, echo=False, stage=_discard)
+    cached = _structure_factor_cache(tokens, cfg)
+    if cached is None:
+        sc = build_scene(cfg, echo=False, stage=_discard)
+    elif os.path.exists(cached):
+        cfg.hkl_file, cfg.dump_file = None, cached
+        sc = build_scene(cfg, echo=False, stage=_discard)
+    else:
+        sc = build_scene(cfg, echo=False, stage=_Keep(cached))
     announce(sc, None)                  # the memory and size checks of the command line
     return sc
+
+
+# ---------------------------------------------------------------------------
+# the structure factors of a worker process, read once
+# ---------------------------------------------------------------------------
+# Reading a reflection file (or computing amplitudes from a model) can take longer than
+# rendering a small image.  The first image a worker renders keeps the grid it read as an
+# Fdump file (the cache nanobragg itself writes, exact float64 values) in a folder of the
+# worker's own; the worker's later images with the same structure-factor input read that
+# instead, as a second nanobragg run in the same folder reads the first one's Fdump.bin.
+# Not under -c_parity, whose Fdump reader emulates C's quirks.
+
+# flags a dataset varies from image to image that cannot change the structure-factor grid
+_PER_IMAGE = frozenset({"-phi", "-osc", "-phistep", "-phisteps", "-misset", "-mosaic_seed", "-mosaic",
+                        "-mosaic_dom", "-fluence", "-N", "-Na", "-Nb", "-Nc", "-roi", "-engine", "-device",
+                        "-dtype", "-memory_gb"})
+_cache_folder = None
+
+
+def _structure_factor_cache(tokens, cfg):
+    """Where this process keeps the grid of ``cfg``'s structure-factor input, or None (no caching)."""
+    import hashlib
+    import json
+    import tempfile
+
+    from reference.flags import BY_NAME
+
+    global _cache_folder
+    if cfg.hkl_file is None or cfg.c_parity:
+        return None
+    try:
+        info = os.stat(cfg.hkl_file)
+    except OSError:
+        return None                     # the set-up will say what is wrong with it
+    groups = []
+    for token in tokens:
+        if token in BY_NAME or not groups:
+            groups.append([BY_NAME[token].names[0] if token in BY_NAME else token])
+        else:
+            groups[-1].append(token)
+    kept = [group for group in groups if group[0] not in _PER_IMAGE]
+    key = hashlib.sha256(json.dumps([kept, os.path.realpath(cfg.hkl_file), info.st_size,
+                                     info.st_mtime_ns]).encode()).hexdigest()
+    if _cache_folder is None:
+        _cache_folder = tempfile.mkdtemp(prefix="nanobragg-dataset-sf-")
+        import atexit
+        import shutil
+        atexit.register(shutil.rmtree, _cache_folder, True)
+    return os.path.join(_cache_folder, key + ".fdump")
+
+
+class _Keep:
+    """build_scene's ``stage`` that keeps the Fdump cache write, at the cache's own path."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __call__(self, writer, path, *args, **kwargs):
+        from reference.errors import InputError
+        try:
+            writer(self.path, *args)    # written under a temporary name and renamed (reference.fileio)
+        except InputError:
+            pass                        # no cache: the next image reads the input again
 
 
 def render_float(sc) -> np.ndarray:
