@@ -793,3 +793,45 @@ def test_a_worker_reads_its_structure_factors_once(tmp_path):
     hkl.write_text(text.replace("\n", "\n", 1) + "0 0 1 5\n")
     os.utime(hkl, ns=(1, 1))
     assert scene_for(tokens + ["-phi", "0", "-osc", "0.5"]).cfg.hkl_file == str(hkl)
+
+
+SWEEPS = """
+[scene]
+cell = [50, 60, 70, 90, 90, 90]
+default_F = 10
+N = 3
+distance = 60
+detpixels = 24
+pixel = 0.5
+[[rotation]]
+osc = 1
+images = 3
+[[rotation]]
+start = 90
+osc = 2
+images = 2
+name = "kappa"
+scene = { distance = 80, misset = [0, 0, 30] }
+"""
+
+
+def test_several_sweeps_each_with_its_own_flags_and_master(scheduler, tmp_path):
+    import h5py
+    import hdf5plugin  # noqa: F401
+    toml = tmp_path / "sweeps.toml"
+    toml.write_text(SWEEPS)
+    rc, _, err = run_dataset(toml, "--out", tmp_path / "out", "--format", "nexus", "--scheduler", scheduler,
+                             "--no-progress")
+    assert rc == 0, err
+    truth = truth_of(tmp_path / "out")
+    assert [s["name"] for s in truth["sweeps"]] == ["sweep1", "kappa"]
+    assert [s["master"] for s in truth["sweeps"]] == ["sweep1_master.h5", "kappa_master.h5"]
+    assert [e["index"] for e in truth["images"]] == [0, 1, 2, 3, 4]
+    assert [e["phi_start_deg"] for e in truth["images"]] == [0.0, 1.0, 2.0, 90.0, 92.0]
+    kappa = truth["images"][3]["nanobragg_args"]
+    assert kappa.count("-distance") == 1 and kappa[kappa.index("-distance") + 1] == "80"
+    assert truth["sweeps"][1]["geometry"]["distance_m"] == 0.08
+    for sweep, frames in (("sweep1", 3), ("kappa", 2)):
+        with h5py.File(tmp_path / "out" / f"{sweep}_master.h5", "r") as f:
+            assert f["/entry/data/data"].shape == (frames, 24, 24)
+            assert math.isclose(f["/entry/instrument/detector/distance"][()], 0.06 if sweep == "sweep1" else 0.08)
