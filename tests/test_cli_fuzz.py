@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import signal
@@ -113,36 +114,56 @@ def _wait_for_handlers(pid) -> bool:
     while True:
         try:
             with open(f"/proc/{pid}/status") as status:
-                caught = next(int(line.split()[1], 16) for line in status if line.startswith("SigCgt:"))
-        except (OSError, StopIteration):
-            return False
+                fields = dict(line.split(":", 1) for line in status if ":" in line)
+        except OSError:
+            return False                            # gone
+        if fields.get("State", "").strip().startswith(("Z", "X")):
+            return False                            # ended, not yet reaped
+        caught = int(fields.get("SigCgt", "0").strip(), 16)
         if caught & mask == mask:
             return True
-        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-            return False
         time.sleep(0.005)
 
 
-def run_measured(argv, folder, env, out, err, signame, delay):
-    """(exit status, resource usage) of one process, sent ``signame`` after ``delay`` s if given."""
-    proc = subprocess.Popen(argv, cwd=folder, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-    pid, reaped = proc.pid, None
+# Started from the test, a process's peak resident set (ru_maxrss) would include the test
+# process's own: Linux keeps the high-water mark of the memory a process had before exec, and a
+# fork (or vfork) of pytest, with torch loaded, holds hundreds of MB then.  So a small launcher
+# starts the run and reports the run's own exit status and peak.
+LAUNCHER = """
+import json, os, subprocess, sys
+report, argv = sys.argv[1], sys.argv[2:]
+proc = subprocess.Popen(argv)
+with open(report + ".pid", "w") as f:
+    f.write(str(proc.pid))
+_, status, usage = os.wait4(proc.pid, 0)
+with open(report, "w") as f:
+    json.dump({"status": os.waitstatus_to_exitcode(status), "maxrss_kb": usage.ru_maxrss}, f)
+"""
+
+
+def run_measured(argv, folder, env, out, err, signame, delay, report):
+    """(exit status, peak resident bytes) of one process, sent ``signame`` after ``delay`` s if given."""
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(report)] + argv, cwd=folder, env=env,
+                                stdout=out, stderr=err, stdin=subprocess.DEVNULL)
     try:
         if signame is not None:
-            signum = getattr(signal, signame)
-            if _wait_for_handlers(pid):
+            while not os.path.exists(f"{report}.pid") and launcher.poll() is None:
+                time.sleep(0.005)
+            time.sleep(0.005)                  # the launcher writes the number just after creating the file
+            pid = int(open(f"{report}.pid").read() or 0) if os.path.exists(f"{report}.pid") else 0
+            if pid and _wait_for_handlers(pid):
                 time.sleep(delay)
-                os.kill(pid, signum)
-        deadline = time.monotonic() + 120
-        while (reaped := os.wait4(pid, os.WNOHANG))[0] == 0:
-            assert time.monotonic() < deadline, "the run did not end within 120 s"
-            time.sleep(0.02)
+                with contextlib.suppress(ProcessLookupError):       # it may have ended meanwhile
+                    os.kill(pid, getattr(signal, signame))
+        launcher.wait(timeout=120)
     finally:
-        if reaped is None or reaped[0] == 0:
-            os.kill(pid, signal.SIGKILL)
-            reaped = os.wait4(pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(reaped[1])    # reaped here, not by Popen
-    return proc.returncode, reaped[2]
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    assert launcher.returncode == 0, "the launcher failed"
+    with open(report) as f:
+        result = json.load(f)
+    return result["status"], result["maxrss_kb"] * 1024.0        # Linux reports kilobytes
 
 
 # a process costs about a second: a quarter of the profile's examples (10 in CI's quick profile)
@@ -165,8 +186,8 @@ def test_hostile_runs_as_processes(scene, parity, engine, signame, delay, tmp_pa
     note(" ".join(argv))
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with open(logs / "out", "w") as out, open(logs / "err", "w") as err:
-        status, usage = run_measured([sys.executable, "-c", "from reference.entry import console_main; "
-                                      "console_main()"] + argv, folder, env, out, err, signame, delay)
+        status, peak = run_measured([sys.executable, "-c", "from reference.entry import console_main; "
+                                     "console_main()"] + argv, folder, env, out, err, signame, delay, logs / "report")
     stdout, stderr = (logs / "out").read_text(), (logs / "err").read_text()
     event("stopped by a signal" if signame and status == 128 + getattr(signal, signame)
           else "ran" if status == 0 else "refused")
@@ -174,6 +195,5 @@ def test_hostile_runs_as_processes(scene, parity, engine, signame, delay, tmp_pa
     check_outcome(folder, inputs, status, stderr, parity, signame)
     announced = ANNOUNCED.search(stdout)
     if announced:
-        peak = usage.ru_maxrss * 1024.0                 # Linux reports kilobytes
         limit = float(announced.group(1)) * UNITS[announced.group(2)] * MEMORY_FACTOR
         assert peak <= limit, f"peak memory {peak / 1e6:.0f} MB, announced {announced.group(0)}"
