@@ -197,7 +197,7 @@ def test_gradients_finite_at_singular_points(beam_xy):
     image.sum().backward()
     for name, p in sim.named_parameters():
         if name == "mosaic_spread":
-            assert p.grad is None            # one domain: the spread does not enter
+            assert p.grad is None or p.grad == 0     # one domain: the spread rotates nothing
             continue
         assert torch.isfinite(p.grad).all(), name
 

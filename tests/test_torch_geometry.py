@@ -1,0 +1,250 @@
+"""Property: the torch path derives the geometry the NumPy scene derives.
+
+The torch engine (the Simulator) computes detector placement, crystal
+orientation, phi/mosaic tables and sources from its physical parameters
+(torchsim.geometry, torchsim.crystal, torchsim.sources); the reference
+takes them from :func:`reference.scene.build_scene`.  For command lines
+drawn over every convention, pivot and vector flag (``-fdet_vector`` ...,
+``-pix0_vector``, ``-twotheta_axis``, ``-spindle_axis``, ``-beam_vector``,
+``-polar_vector``), detector rotations, two-theta, ``-misset``, ``-mat``,
+phi sweeps, mosaic domains and sources, in both modes, the two must agree
+to float64 rounding.
+
+Errors are relative to each quantity's size (a vector's length, a table
+row's length).  Measured over 3,000 drawn command lines
+(``python -m tests.test_torch_geometry``): at most 1.4e-15 for the detector,
+2.2e-15 for the cell and tables, 2.3e-16 for the sources, i.e. a few
+units of float64 rounding (2.2e-16), so the bound is 1e-14.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, note, reject, settings
+from hypothesis import strategies as st
+
+torch = pytest.importorskip("torch")
+
+from reference.cli import parse_args  # noqa: E402
+from reference.errors import InputError  # noqa: E402
+from reference.render import orientation_tables as reference_tables  # noqa: E402
+from reference.scene import build_scene  # noqa: E402
+from tools.scenes import _mosflm_matrix_text, _rotation  # noqa: E402
+from torchsim.engine import simulator_for  # noqa: E402
+
+TOLERANCE = 1e-14          # relative; measured up to 2.2e-15 (module docstring)
+
+CONVENTIONS = ["", "-mosflm", "-xds", "-adxv", "-denzo", "-dials"]
+VECTOR_FLAGS = {"-fdet_vector": (0, 0, 1), "-sdet_vector": (0, -1, 0), "-odet_vector": (1, 0, 0),
+                "-beam_vector": (1, 0, 0), "-polar_vector": (0, 0, 1), "-spindle_axis": (0, 0, 1),
+                "-twotheta_axis": (0, 1, 0)}
+
+
+def _num(x):
+    return f"{x:.6g}"
+
+
+def _small_angles(draw, limit):
+    return [draw(st.floats(-limit, limit)) for _ in range(3)]
+
+
+@st.composite
+def command_lines(draw):
+    """(tokens, files) of a small scene that exercises the geometry, not the render."""
+    files = {}
+    px = draw(st.floats(0.05, 0.3))
+    args = ["-default_F", "1", "-detpixels_f", str(draw(st.integers(4, 300))),
+            "-detpixels_s", str(draw(st.integers(4, 300))), "-pixel", _num(px), "-oversample", "1"]
+    wavelength = draw(st.floats(0.8, 2.5))
+    args += ["-lambda", _num(wavelength)]
+
+    # crystal
+    cell = [draw(st.floats(20, 90)) for _ in range(3)] + [draw(st.floats(70, 110)) for _ in range(3)]
+    if draw(st.integers(0, 3)) == 0:
+        files["A.mat"] = _mosflm_matrix_text(tuple(cell), _small_angles(draw, math.pi), wavelength)
+        args += ["-mat", "A.mat"]
+    else:
+        if draw(st.booleans()):
+            cell[3:] = [90.0, 90.0, 90.0]
+        args += ["-cell"] + [_num(x) for x in cell]
+    misset = draw(st.sampled_from(["none", "angles", "random"]))
+    if misset == "angles":
+        args += ["-misset"] + [_num(x) for x in _small_angles(draw, 180)]
+    elif misset == "random":
+        args += ["-misset", "random", "-misset_seed", str(draw(st.integers(1, 1000)))]
+
+    # detector: convention flag and custom vectors in either order, pivot, centre, distance
+    convention = [draw(st.sampled_from(CONVENTIONS))]
+    vectors = []
+    tilt = _rotation(_small_angles(draw, 0.3))
+    for flag, vec in VECTOR_FLAGS.items():
+        if draw(st.integers(0, 3)) == 0:
+            v = tilt @ np.array(vec, float) if flag in ("-fdet_vector", "-sdet_vector", "-odet_vector") \
+                else _rotation(_small_angles(draw, 0.3)) @ np.array(vec, float)
+            vectors += [flag] + [_num(x) for x in v]
+    args += convention + vectors if draw(st.booleans()) else vectors + convention
+    if draw(st.integers(0, 4)) == 0:
+        args += ["-close_distance", _num(draw(st.floats(30, 300)))]
+    else:
+        args += ["-distance", _num(draw(st.floats(30, 300)))]
+    centre = draw(st.sampled_from(["none", "-Xbeam", "-Xclose", "-ORGX"]))
+    if centre != "none":
+        other = {"-Xbeam": "-Ybeam", "-Xclose": "-Yclose", "-ORGX": "-ORGY"}[centre]
+        hi = 30.0 if centre != "-ORGX" else 200.0
+        args += [centre, _num(draw(st.floats(0, hi))), other, _num(draw(st.floats(0, hi)))]
+    if draw(st.integers(0, 2)) == 0:
+        args += ["-pivot", draw(st.sampled_from(["sample", "beam"]))]
+    if draw(st.integers(0, 4)) == 0:
+        args += ["-pix0_vector", _num(draw(st.floats(0.03, 0.3))), _num(draw(st.floats(-0.05, 0.05))),
+                 _num(draw(st.floats(-0.05, 0.05)))]
+    for axis in "xyz":
+        if draw(st.integers(0, 2)) == 0:
+            args += [f"-detector_rot{axis}", _num(draw(st.floats(-20, 20)))]
+    if draw(st.booleans()):
+        args += ["-twotheta", _num(draw(st.floats(-40, 40)))]
+    if draw(st.integers(0, 4)) == 0:
+        args += ["-curved_det"]
+
+    # sweep, mosaic and sources
+    if draw(st.booleans()):
+        args += ["-phi", draw(st.sampled_from(["0", "1", "-2", "12.34"])), "-osc", _num(draw(st.floats(0.5, 5))),
+                 "-phisteps", str(draw(st.integers(1, 4)))]
+    if draw(st.booleans()):
+        args += ["-mosaic", _num(draw(st.floats(0.05, 3))), "-mosaic_dom", str(draw(st.integers(1, 6))),
+                 "-mosaic_seed", str(draw(st.integers(1, 100)))]
+    source = draw(st.sampled_from(["none", "divergence", "dispersion", "both", "file"]))
+    if source in ("divergence", "both"):
+        args += ["-hdivrange", _num(draw(st.floats(0.1, 3))), "-vdivrange", _num(draw(st.floats(0.1, 3))),
+                 "-hdivsteps", str(draw(st.integers(1, 4))), "-vdivsteps", str(draw(st.integers(1, 4)))]
+        if draw(st.booleans()):
+            args += ["-round_div"]
+    if source in ("dispersion", "both"):
+        args += ["-dispersion", _num(draw(st.floats(0.1, 5))), "-dispsteps", str(draw(st.integers(1, 4)))]
+    if source == "file":
+        rows = [f"-10 {_num(draw(st.floats(-0.01, 0.01)))} {_num(draw(st.floats(-0.01, 0.01)))} 1 "
+                f"{_num(wavelength * draw(st.floats(0.97, 1.03)) * 1e-10)}" for _ in range(draw(st.integers(1, 4)))]
+        files["sources.txt"] = ("\n".join(rows) + "\n").encode()
+        args += ["-sourcefile", "sources.txt"]
+    if draw(st.booleans()):
+        args += ["-c_parity"]
+    return args, files
+
+
+def _scene(tokens, files, folder):
+    os.makedirs(folder, exist_ok=True)
+    for name, data in files.items():
+        with open(os.path.join(folder, name), "wb") as fh:
+            fh.write(data)
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        return build_scene(parse_args(tokens + ["-engine", "torch"]), echo=False)
+    finally:
+        os.chdir(here)
+
+
+def _relative(ours, ref, size=None):
+    """max |ours - ref| / size, ``size`` the largest row length of ``ref`` unless given."""
+    ours = np.asarray(ours, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if size is None:
+        size = np.abs(ref).max() if ref.ndim < 2 else np.linalg.norm(ref.reshape(-1, 3), axis=-1).max()
+    return float(np.abs(ours - ref).max() / size) if size > 0 else float(np.abs(ours - ref).max())
+
+
+def geometry_errors(sc) -> dict:
+    """Relative error of every derived quantity: torch (from the parameters) against the scene."""
+    sim = simulator_for(sc)
+    with torch.no_grad():
+        det = sim.detector()
+        direct, recip = sim.cell_vectors()
+        first, later = sim.orientation_tables()
+        directions, lambdas = sim.source_vectors()
+    # positions relative to the detector's distance from the sample
+    length = float(np.linalg.norm(sc.pix0)) + abs(sc.close_distance)
+    ref_first, ref_later = reference_tables(sc, sc.parity)
+    return {
+        "pix0": _relative(det.pix0, sc.pix0, length),
+        "fdet": _relative(det.fdet, sc.fdet), "sdet": _relative(det.sdet, sc.sdet),
+        "odet": _relative(det.odet, sc.odet),
+        "distance": _relative(det.distance, sc.distance, length),
+        "close_distance": _relative(det.close_distance, sc.close_distance, length),
+        "cell": _relative(direct, [sc.a0, sc.b0, sc.c0]),
+        "reciprocal": _relative(recip, [sc.a_star, sc.b_star, sc.c_star]),
+        "tables": max(_relative(first, ref_first), _relative(later, ref_later)),
+        "sources": _relative(directions, sc.sources),
+        "wavelengths": _relative(lambdas, sc.source_lambda),
+    }
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.filter_too_much,
+                                                                 HealthCheck.too_slow])
+@given(command=command_lines())
+def test_torch_geometry_equals_the_scene(command, tmp_path_factory):
+    tokens, files = command
+    note(" ".join(tokens))
+    try:
+        sc = _scene(tokens, files, tmp_path_factory.mktemp("geometry"))
+    except InputError:
+        reject()
+    errors = geometry_errors(sc)
+    note(str(errors))
+    if not all(np.isfinite(v) for v in errors.values()):
+        # only -c_parity reads a NaN cell; then both sides must be NaN alike
+        assert sc.parity
+        return
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= TOLERANCE, (worst, errors[worst])
+
+
+@pytest.mark.parametrize("parity", [False, True], ids=["spec", "parity"])
+@pytest.mark.parametrize("flags", [
+    [], ["-xds"], ["-dials"], ["-adxv"], ["-denzo"], ["-pivot", "sample"], ["-pivot", "beam", "-twotheta", "5"],
+    ["-xds", "-ORGX", "33", "-ORGY", "12"], ["-pix0_vector", "0.1", "0.01", "-0.02"],
+    ["-fdet_vector", "0", "0.1", "1", "-sdet_vector", "0", "-1", "0.1", "-twotheta_axis", "0", "0.2", "1"],
+    ["-beam_vector", "1", "0.05", "0", "-polar_vector", "0", "0.1", "1", "-spindle_axis", "0.1", "0", "1"],
+], ids=["mosflm", "xds", "dials", "adxv", "denzo", "custom-sample", "custom-beam", "xds-org", "pix0", "axes",
+        "beam-polar-spindle"])
+def test_every_convention_and_pivot(flags, parity, tmp_path):
+    """Each convention and pivot once for certain (the property above draws them at random)."""
+    tokens = ["-cell", "50", "60", "70", "80", "95", "100", "-misset", "10", "20", "30", "-default_F", "1",
+              "-detpixels", "64", "-pixel", "0.2", "-distance", "90", "-detector_rotx", "2", "-detector_roty", "-3",
+              "-detector_rotz", "4", "-twotheta", "7", "-phi", "0", "-osc", "3", "-phisteps", "3", "-mosaic", "1",
+              "-mosaic_dom", "4", "-divergence", "1", "-divsteps", "3", "-dispersion", "2", "-dispsteps", "3"]
+    sc = _scene(tokens + flags + (["-c_parity"] if parity else []), {}, tmp_path)
+    errors = geometry_errors(sc)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= TOLERANCE, (worst, errors[worst])
+
+
+if __name__ == "__main__":             # measure the errors that set TOLERANCE
+    import sys
+    import tempfile
+    import warnings
+
+    warnings.simplefilter("ignore")            # hypothesis: .example() outside a test
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+    worst: dict = {}
+    strategy = command_lines()
+    with tempfile.TemporaryDirectory() as root:
+        done = 0
+        for i in range(count * 3):
+            if done >= count:
+                break
+            tokens, files = strategy.example()
+            try:
+                sc = _scene(tokens, files, os.path.join(root, str(i)))
+            except InputError:
+                continue
+            errors = geometry_errors(sc)
+            done += 1
+            for key, value in errors.items():
+                if np.isfinite(value) and value > worst.get(key, (0.0,))[0]:
+                    worst[key] = (value, " ".join(tokens))
+    print(f"{done} command lines")
+    for key, (value, command) in sorted(worst.items()):
+        print(f"{key:15s} {value:.3g}")
