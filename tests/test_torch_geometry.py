@@ -11,10 +11,12 @@ phi sweeps, mosaic domains and sources, in both modes, the two must agree
 to float64 rounding.
 
 Errors are relative to each quantity's size (a vector's length, a table
-row's length).  Measured over 3,000 drawn command lines
-(``python -m tests.test_torch_geometry``): at most 1.4e-15 for the detector,
-2.2e-15 for the cell and tables, 2.3e-16 for the sources, i.e. a few
-units of float64 rounding (2.2e-16), so the bound is 1e-14.
+row's length; positions to the detector's distance).  Measured over 2,000
+drawn command lines (``python -m tests.test_torch_geometry 2000``): at most
+1.8e-16 for the detector (pix0, axes, distances), 1.8e-15 for the direct
+and reciprocal cell and the phi/mosaic tables, 3.3e-16 for the sources'
+directions and wavelengths: a few units of float64 rounding (2.2e-16), so
+the bound is 1e-14.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from reference.scene import build_scene  # noqa: E402
 from tools.scenes import _mosflm_matrix_text, _rotation  # noqa: E402
 from torchsim.engine import simulator_for  # noqa: E402
 
-TOLERANCE = 1e-14          # relative; measured up to 2.2e-15 (module docstring)
+TOLERANCE = 1e-14          # relative; measured up to 1.8e-15 (module docstring)
 
 CONVENTIONS = ["", "-mosflm", "-xds", "-adxv", "-denzo", "-dials"]
 VECTOR_FLAGS = {"-fdet_vector": (0, 0, 1), "-sdet_vector": (0, -1, 0), "-odet_vector": (1, 0, 0),
@@ -156,9 +158,10 @@ def _relative(ours, ref, size=None):
     return float(np.abs(ours - ref).max() / size) if size > 0 else float(np.abs(ours - ref).max())
 
 
-def geometry_errors(sc) -> dict:
-    """Relative error of every derived quantity: torch (from the parameters) against the scene."""
-    sim = simulator_for(sc)
+def geometry_errors(sc, sim=None) -> dict:
+    """Relative error of every derived quantity: torch (from the parameters of ``sim``, by default
+    the scene's own Simulator) against the scene."""
+    sim = simulator_for(sc) if sim is None else sim
     with torch.no_grad():
         det = sim.detector()
         direct, recip = sim.cell_vectors()
@@ -219,18 +222,55 @@ CASES = {   # flags -> (convention, pivot) the scene must end up with (-twotheta
 }
 
 
+BASE = {"-cell": ["50", "60", "70", "80", "95", "100"], "-misset": ["10", "20", "30"], "-default_F": ["1"],
+        "-detpixels": ["64"], "-pixel": ["0.2"], "-distance": ["90"], "-detector_rotx": ["2"],
+        "-detector_roty": ["-3"], "-detector_rotz": ["4"], "-twotheta": ["7"], "-lambda": ["1"], "-phi": ["0"],
+        "-osc": ["3"], "-phisteps": ["3"], "-mosaic": ["1"], "-mosaic_dom": ["4"], "-divergence": ["1"],
+        "-divsteps": ["3"], "-dispersion": ["2"], "-dispsteps": ["3"]}
+# other values of every parameter the command line sets (the beam centre in the convention's own flags)
+MOVED = {"-cell": ["52", "58", "73", "84", "91", "103"], "-misset": ["-7", "25", "33"], "-distance": ["97"],
+         "-detector_rotx": ["-1"], "-detector_roty": ["2.5"], "-detector_rotz": ["-3"], "-twotheta": ["11"],
+         "-lambda": ["1.3"]}
+CENTRE = {"mosflm": ["-Xbeam", "5.3", "-Ybeam", "7.1"], "denzo": ["-Xbeam", "5.3", "-Ybeam", "7.1"],
+          "adxv": ["-Xbeam", "5.3", "-Ybeam", "7.1"]}
+
+
+def _tokens(flags, case, parity, centre=()):
+    out = []
+    for flag, values in flags.items():
+        out += [flag] + list(values)
+    return out + list(centre) + CASES[case][0] + (["-c_parity"] if parity else [])
+
+
 @pytest.mark.parametrize("parity", [False, True], ids=["spec", "parity"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_convention_and_pivot(case, parity, tmp_path):
     """Each convention and pivot once for certain (the property above draws them at random)."""
-    flags, convention, pivot = CASES[case]
-    tokens = ["-cell", "50", "60", "70", "80", "95", "100", "-misset", "10", "20", "30", "-default_F", "1",
-              "-detpixels", "64", "-pixel", "0.2", "-distance", "90", "-detector_rotx", "2", "-detector_roty", "-3",
-              "-detector_rotz", "4", "-twotheta", "7", "-phi", "0", "-osc", "3", "-phisteps", "3", "-mosaic", "1",
-              "-mosaic_dom", "4", "-divergence", "1", "-divsteps", "3", "-dispersion", "2", "-dispsteps", "3"]
-    sc = _scene(tokens + flags + (["-c_parity"] if parity else []), {}, tmp_path)
+    _, convention, pivot = CASES[case]
+    sc = _scene(_tokens(BASE, case, parity), {}, tmp_path)
     assert (sc.convention, sc.pivot) == (convention, pivot)
     errors = geometry_errors(sc)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= TOLERANCE, (worst, errors[worst])
+
+
+@pytest.mark.parametrize("parity", [False, True], ids=["spec", "parity"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_parameters_move_the_geometry_as_the_command_line_does(case, parity, tmp_path):
+    """A Simulator built from one command line, its parameters then set to another's values
+    (distance, beam centre, rotations, two-theta, misset, cell, wavelength), has the other's
+    geometry.  (Under -c_parity the cell stays: C's triclinic cell, quirk (n), is a fixed
+    orientation U at the first cell's constants.)"""
+    moved = dict(BASE, **{k: v for k, v in MOVED.items() if not (parity and k == "-cell")})
+    _, convention, pivot = CASES[case]
+    centre = CENTRE.get(convention, ["-Xclose", "5.3", "-Yclose", "7.1"])
+    first = simulator_for(_scene(_tokens(BASE, case, parity), {}, tmp_path / "first"))
+    other = _scene(_tokens(moved, case, parity, centre), {}, tmp_path / "other")
+    assert (other.convention, other.pivot) == (convention, pivot)
+    with torch.no_grad():
+        for name, value in simulator_for(other).named_parameters():
+            getattr(first, name).copy_(value)
+    errors = geometry_errors(other, first)
     worst = max(errors, key=errors.get)
     assert errors[worst] <= TOLERANCE, (worst, errors[worst])
 

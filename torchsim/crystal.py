@@ -88,15 +88,19 @@ def cell_vectors(lengths, angles, misset, orientation, recip_offset=None):
     """(direct rows a, b, c in metres, reciprocal rows a*, b*, c* in 1/Angstrom).
 
     ``lengths`` (3,) Angstrom, ``angles`` (3,) radians, ``misset`` (3,)
-    radians, ``orientation`` the fixed U.  ``recip_offset`` (3, 3), added to
-    the reciprocal rows only, is C's reciprocal cell of a triclinic ``-cell``
-    under -c_parity minus the true one (quirk (n)): the spot shapes use it,
-    the Miller indices do not.
+    radians, ``orientation`` the fixed U.  ``recip_offset`` (3, 3), columns
+    in the crystal frame (before the misset), is added to the reciprocal
+    vectors only: C's reciprocal cell of a triclinic ``-cell`` under
+    -c_parity minus the true one (quirk (n)), which turns with the misset.
+    The spot shapes use it, the Miller indices do not.
     """
     B = reciprocal_cell(*lengths.unbind(), *angles.unbind())
-    recip = misset_rotation(misset) @ orientation @ B
-    rows = recip.T if recip_offset is None else recip.T + recip_offset
-    return direct_from_reciprocal(recip) * 1e-10, rows
+    R = misset_rotation(misset)
+    recip = R @ orientation @ B
+    direct = direct_from_reciprocal(recip) * 1e-10
+    if recip_offset is None:
+        return direct, recip.T
+    return direct, (recip + R @ recip_offset).T
 
 
 # ---- mosaic domains -----------------------------------------------------

@@ -70,7 +70,7 @@ from reference.scene import AVOGADRO, R_E_SQR, SHAPE_CODE, WATER_F, WATER_MW, Re
     first_out_of_table, rendered_mask
 from torchsim import kernel as K
 from torchsim.crystal import axis_angle_matrices, cell_constants, cell_vectors, fixed_orientation, mosaic_draws, \
-    mosaic_rotations, orientation_tables
+    mosaic_rotations, misset_rotation, orientation_tables
 from torchsim.geometry import Frame, place_detector
 from torchsim.sources import divergence_grid, generated_directions, wavelengths
 
@@ -156,12 +156,14 @@ class Simulator(nn.Module):
             U = torch.full((3, 3), math.nan, dtype=torch.float64)
         self.register_buffer("orientation", U.to(device))
         # the spot shapes use C's reciprocal vectors, which for a triclinic -cell under -c_parity
-        # are not the reciprocal of C's direct cell (quirk (n)): keep the difference fixed
+        # are not the reciprocal of C's direct cell (quirk (n)): keep the difference fixed in
+        # the crystal's frame (it turns with the misset)
         self.register_buffer("_recip_offset", B(np.zeros((3, 3))))
         if sc.parity:
             with torch.no_grad():
                 _, recip_rows = self.cell_vectors()
-            self._recip_offset = B([sc.a_star, sc.b_star, sc.c_star]) - recip_rows
+                offset = (B([sc.a_star, sc.b_star, sc.c_star]) - recip_rows).T
+                self._recip_offset = misset_rotation(self.misset * DEG).T @ offset
         self.N = P([sc.Na, sc.Nb, sc.Nc])
         self.mosaic_spread = P(math.degrees(sc.mosaic_spread))
         domains = sc.mosaic_umats.shape[0]
