@@ -26,7 +26,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, note, reject, settings
+from hypothesis import given, note, reject
 from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
@@ -184,8 +184,6 @@ def geometry_errors(sc, sim=None) -> dict:
     }
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.filter_too_much,
-                                                                 HealthCheck.too_slow])
 @given(command=command_lines())
 def test_torch_geometry_equals_the_scene(command, tmp_path_factory):
     tokens, files = command
@@ -273,6 +271,54 @@ def test_parameters_move_the_geometry_as_the_command_line_does(case, parity, tmp
     errors = geometry_errors(other, first)
     worst = max(errors, key=errors.get)
     assert errors[worst] <= TOLERANCE, (worst, errors[worst])
+
+
+# ---- every differentiable function: float64 gradcheck -------------------
+
+def _frame(convention, pivot, pix0=None):
+    from torchsim.geometry import Frame
+    t = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    return Frame(t(0, 0.1, 1) / math.sqrt(1.01), t(0, -1, 0), t(1, 0, -0.1) / math.sqrt(1.01), t(1, 0, 0),
+                 t(0, 0, -1), convention, pivot, 1e-4, 0.05, pix0)
+
+
+@pytest.mark.parametrize("convention,pivot", [("mosflm", "beam"), ("adxv", "beam"), ("xds", "sample"),
+                                              ("custom", "sample"), ("denzo", "beam")])
+def test_detector_placement_gradcheck(convention, pivot):
+    from torchsim.geometry import place_detector
+    frame = _frame(convention, pivot)
+
+    def placed(distance, centre, rotations, twotheta):
+        p = place_detector(frame, distance, centre, rotations, twotheta)
+        return torch.cat((p.pix0, p.fdet, p.sdet, p.odet, p.distance[None], p.close_distance[None]))
+
+    x = (torch.tensor(0.09), torch.tensor([0.021, 0.017]), torch.tensor([0.02, -0.03, 0.04]), torch.tensor(0.0))
+    x = tuple(v.double().requires_grad_(True) for v in x)
+    assert torch.autograd.gradcheck(placed, x)
+    zero = tuple(torch.zeros_like(v).requires_grad_(True) if i > 1 else v for i, v in enumerate(x))
+    assert torch.autograd.gradcheck(placed, zero)            # rotations and two-theta from 0
+
+
+def test_crystal_and_sources_gradcheck():
+    from torchsim.crystal import cell_vectors, mosaic_rotations
+    from torchsim.sources import generated_directions
+    U = torch.eye(3, dtype=torch.float64)
+    lengths = torch.tensor([50.0, 60.0, 70.0], dtype=torch.float64, requires_grad=True)
+    angles = torch.tensor([1.4, 1.6, 1.7], dtype=torch.float64, requires_grad=True)
+    misset = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, m: torch.cat([x.reshape(-1) for x in cell_vectors(a, b, m, U)])
+                                    * torch.tensor([1e10] * 9 + [1.0] * 9, dtype=torch.float64),
+                                    (lengths, angles, misset))
+    axes = torch.nn.functional.normalize(torch.tensor([[0.0, 0, 1], [0.3, 0.4, 0.5], [-1, 0.2, 0.1]],
+                                                      dtype=torch.float64), dim=-1)
+    fractions = torch.tensor([0.0, 0.7, 0.4], dtype=torch.float64)
+    for spread in (0.0, 0.01):                                # the spread acts from 0
+        assert torch.autograd.gradcheck(lambda s: mosaic_rotations(axes, fractions, s),
+                                        (torch.tensor(spread, dtype=torch.float64, requires_grad=True),))
+    beam = torch.tensor([1.0, 0, 0], dtype=torch.float64)
+    polar = torch.tensor([0.0, 0, 1], dtype=torch.float64)
+    angles = torch.tensor([[-0.01, 0.0, 0.01], [0.005, -0.005, 0.0]], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a: generated_directions(beam, polar, a[0], a[1]), (angles,))
 
 
 if __name__ == "__main__":             # measure the errors that set TOLERANCE

@@ -134,83 +134,97 @@ class Simulator(nn.Module):
         ``spread_from_zero``: keep ``-mosaic_dom n`` domains at zero spread (class docstring).
         """
         super().__init__()
-        device = resolve_device(device if device is not None else config.device)
+        self._device = resolve_device(device if device is not None else config.device)
         self.dtype = resolve_dtype(dtype if dtype is not None else config.dtype)
         if scene is None:
             scene = build_scene(config, echo=False, stage=_no_cache_write)
-        self.scene = sc = scene
+        self.scene = scene
         self.config = config
-        P = lambda v: nn.Parameter(torch.as_tensor(np.asarray(v, dtype=np.float64), device=device))  # noqa: E731
-        B = lambda v: torch.as_tensor(np.asarray(v, dtype=np.float64), device=device)  # noqa: E731
+        # parameters are created in the order of the class docstring's table
+        self._init_crystal(scene)
+        self._init_mosaic(scene, config, spread_from_zero)
+        self._init_sources(scene, config)
+        self._init_detector(scene, config)
+        self.fluence = self._parameter(scene.fluence)
+        self.polar = self._parameter(config.polarization)
+        self.register_buffer("Fhkl", self._buffer(scene.Fhkl))
+        self._pixels = np.flatnonzero(rendered_mask(scene))      # raster indices rendered (ROI, mask)
 
-        # ---- crystal ----
+    def _parameter(self, value):
+        return nn.Parameter(self._buffer(value))
+
+    def _buffer(self, value):
+        return torch.as_tensor(np.asarray(value, dtype=np.float64), device=self._device)
+
+    def _init_crystal(self, sc):
+        """Cell constants and misset from the scene's cell; U holds the rest of the orientation."""
         lengths, angles = cell_constants((sc.a0, sc.b0, sc.c0))
-        self.cell_a, self.cell_b, self.cell_c = (P(x) for x in lengths)
-        self.cell_alpha, self.cell_beta, self.cell_gamma = (P(x) for x in angles)
-        self.misset = P(np.degrees(sc.misset))
+        self.cell_a, self.cell_b, self.cell_c = (self._parameter(x) for x in lengths)
+        self.cell_alpha, self.cell_beta, self.cell_gamma = (self._parameter(x) for x in angles)
+        self.misset = self._parameter(np.degrees(sc.misset))
         direct = torch.tensor(np.array([sc.a0, sc.b0, sc.c0], dtype=np.float64))
         if torch.isfinite(direct).all():
             U = fixed_orientation(direct, torch.tensor(sc.misset, dtype=torch.float64),
                                   *(torch.tensor(x, dtype=torch.float64) for x in (lengths, angles)))
         else:                                 # a NaN cell (-c_parity reads one): NaN, as in C
             U = torch.full((3, 3), math.nan, dtype=torch.float64)
-        self.register_buffer("orientation", U.to(device))
+        self.register_buffer("orientation", U.to(self._device))
         # the spot shapes use C's reciprocal vectors, which for a triclinic -cell under -c_parity
         # are not the reciprocal of C's direct cell (quirk (n)): keep the difference fixed in
         # the crystal's frame (it turns with the misset)
-        self.register_buffer("_recip_offset", B(np.zeros((3, 3))))
+        self.register_buffer("_recip_offset", self._buffer(np.zeros((3, 3))))
         if sc.parity:
             with torch.no_grad():
                 _, recip_rows = self.cell_vectors()
-                offset = (B([sc.a_star, sc.b_star, sc.c_star]) - recip_rows).T
+                offset = (self._buffer([sc.a_star, sc.b_star, sc.c_star]) - recip_rows).T
                 self._recip_offset = misset_rotation(self.misset * DEG).T @ offset
-        self.N = P([sc.Na, sc.Nb, sc.Nc])
-        self.mosaic_spread = P(math.degrees(sc.mosaic_spread))
+        self.N = self._parameter([sc.Na, sc.Nb, sc.Nc])
+
+    def _init_mosaic(self, sc, config, spread_from_zero):
+        """The domains C's generator drew, the spindle and the phi steps (fixed)."""
+        self.mosaic_spread = self._parameter(math.degrees(sc.mosaic_spread))
         domains = sc.mosaic_umats.shape[0]
         if spread_from_zero and sc.mosaic_spread == 0.0 and config.mosaic_domains > 1:
             domains = config.mosaic_domains
         axes, fractions = mosaic_draws(sc.mosaic_stream, domains, sc.mosaic_spread)
-        self.register_buffer("mosaic_axes", B(axes))
-        self.register_buffer("mosaic_fractions", B(fractions))
-        self.register_buffer("spindle", B(sc.spindle))
+        self.register_buffer("mosaic_axes", self._buffer(axes))
+        self.register_buffer("mosaic_fractions", self._buffer(fractions))
+        self.register_buffer("spindle", self._buffer(sc.spindle))
         self._phis = [sc.phi0 + sc.phistep * i for i in range(sc.phisteps)]
         # C divides by the number of (source, domain, phi, sub-pixel) steps
         self._steps = sc.steps // sc.mosaic_umats.shape[0] * domains
 
-        # ---- beam ----
-        self.lambda_A = P(sc.lambda0 * 1e10)
-        self.register_buffer("relative_wavelengths", B(sc.source_lambda / sc.lambda0))
-        self.register_buffer("beam", B(sc.beam))
-        self.register_buffer("polar_vector", B(sc.polar_vector))
+    def _init_sources(self, sc, config):
+        """Wavelength, the divergence grid (or the source file's directions) and the weights."""
+        self.lambda_A = self._parameter(sc.lambda0 * 1e10)
+        self.register_buffer("relative_wavelengths", self._buffer(sc.source_lambda / sc.lambda0))
+        self.register_buffer("beam", self._buffer(sc.beam))
+        self.register_buffer("polar_vector", self._buffer(sc.polar_vector))
         if config.source_file is None:
             hdiv, vdiv = divergence_grid(config)
             if hdiv.shape[0] != sc.sources.shape[0]:
                 raise RuntimeError("torchsim.sources enumerates %d sources, the scene %d"
                                    % (hdiv.shape[0], sc.sources.shape[0]))
-            self.register_buffer("source_hdiv", B(hdiv))
-            self.register_buffer("source_vdiv", B(vdiv))
+            self.register_buffer("source_hdiv", self._buffer(hdiv))
+            self.register_buffer("source_vdiv", self._buffer(vdiv))
             self.register_buffer("source_directions", None)
         else:
-            self.register_buffer("source_directions", B(sc.sources))
+            self.register_buffer("source_directions", self._buffer(sc.sources))
         weights = sc.source_weight
         scales = np.ones_like(weights) if sc.parity or np.all(weights == weights[0]) else weights / weights.mean()
-        self.register_buffer("source_scales", B(scales))
+        self.register_buffer("source_scales", self._buffer(scales))
 
-        # ---- detector ----
-        self.distance_mm = P(sc.placement_distance * 1000.0)
-        self.beam_center_mm = P(self._initial_beam_center(sc))
-        self.detector_rot = P(np.degrees([config.detector_rotx, config.detector_roty, config.detector_rotz]))
-        self.twotheta = P(math.degrees(sc.twotheta))
+    def _init_detector(self, sc, config):
+        """Distance, beam centre, rotations and two-theta; the unplaced frame (fixed)."""
+        self.distance_mm = self._parameter(sc.placement_distance * 1000.0)
+        self.beam_center_mm = self._parameter(self._initial_beam_center(sc))
+        self.detector_rot = self._parameter(np.degrees([config.detector_rotx, config.detector_roty,
+                                                        config.detector_rotz]))
+        self.twotheta = self._parameter(math.degrees(sc.twotheta))
         for name in ("fdet0", "sdet0", "odet0", "twotheta_axis"):
-            self.register_buffer(name, B(getattr(sc, name)))
+            self.register_buffer(name, self._buffer(getattr(sc, name)))
         user_pix0 = config.pix0_vector is not None and not sc.parity     # C ignores it (quirk (f))
-        self.register_buffer("pix0_vector", B(sc.pix0) if user_pix0 else None)
-        self.fluence = P(sc.fluence)
-        self.polar = P(config.polarization)
-
-        # ---- structure factors and the pixels to render ----
-        self.register_buffer("Fhkl", B(sc.Fhkl))
-        self._pixels = np.flatnonzero(rendered_mask(sc))
+        self.register_buffer("pix0_vector", self._buffer(sc.pix0) if user_pix0 else None)
 
     @staticmethod
     def _initial_beam_center(sc):
