@@ -20,9 +20,9 @@ compensate each other, so the default is 64.
 from __future__ import annotations
 
 import argparse
+import math
 import struct
 import sys
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -45,9 +45,9 @@ EXAMPLE_HKL = Path(__file__).resolve().parent / "example.hkl"
 
 def scene_flags(detpixels: int):
     """The bundled example crystal on a 48 mm detector of ``detpixels`` pixels."""
-    dump = Path(tempfile.mkdtemp()) / "Fdump.bin"     # keep the cache out of the user's folder
+    # (Simulator.from_args writes no Fdump.bin cache)
     return ["-cell", "40", "50", "60", "90", "90", "90", "-misset", "10", "20", "30",
-            "-hkl", str(EXAMPLE_HKL), "-dump", str(dump),
+            "-hkl", str(EXAMPLE_HKL),
             "-N", "4", "-lambda", "1.0", "-distance", "100", "-detpixels", str(detpixels),
             "-pixel", str(round(48.0 / detpixels, 4)), "-oversample", "2", "-nopolar",
             "-phi", "0", "-osc", "1", "-phisteps", "3"]
@@ -146,7 +146,54 @@ def refine(detpixels=64, steps=150, plot=None, quiet=False, stages=(0.3, 0.5, 0.
     return errors(sim, truth), losses, taken
 
 
-# ---- a dependency-free PNG line plot -----------------------------------------
+# ---- a dependency-free PNG line plot ----------------------------------------
+
+# a 5 x 7 pixel font (rows top to bottom, bit 4 the leftmost column) for the plot's labels
+FONT = {
+    "A": (14, 17, 17, 31, 17, 17, 17), "B": (30, 17, 17, 30, 17, 17, 30), "C": (14, 17, 16, 16, 16, 17, 14),
+    "D": (30, 17, 17, 17, 17, 17, 30), "E": (31, 16, 16, 30, 16, 16, 31), "F": (31, 16, 16, 30, 16, 16, 16),
+    "G": (14, 17, 16, 23, 17, 17, 15), "H": (17, 17, 17, 31, 17, 17, 17), "I": (14, 4, 4, 4, 4, 4, 14),
+    "J": (7, 2, 2, 2, 2, 18, 12), "K": (17, 18, 20, 24, 20, 18, 17), "L": (16, 16, 16, 16, 16, 16, 31),
+    "M": (17, 27, 21, 21, 17, 17, 17), "N": (17, 17, 25, 21, 19, 17, 17), "O": (14, 17, 17, 17, 17, 17, 14),
+    "P": (30, 17, 17, 30, 16, 16, 16), "Q": (14, 17, 17, 17, 21, 18, 13), "R": (30, 17, 17, 30, 20, 18, 17),
+    "S": (15, 16, 16, 14, 1, 1, 30), "T": (31, 4, 4, 4, 4, 4, 4), "U": (17, 17, 17, 17, 17, 17, 14),
+    "V": (17, 17, 17, 17, 17, 10, 4), "W": (17, 17, 17, 21, 21, 21, 10), "X": (17, 17, 10, 4, 10, 17, 17),
+    "Y": (17, 17, 10, 4, 4, 4, 4), "Z": (31, 1, 2, 4, 8, 16, 31),
+    "0": (14, 17, 19, 21, 25, 17, 14), "1": (4, 12, 4, 4, 4, 4, 14), "2": (14, 17, 1, 2, 4, 8, 31),
+    "3": (31, 2, 4, 2, 1, 17, 14), "4": (2, 6, 10, 18, 31, 2, 2), "5": (31, 16, 30, 1, 1, 17, 14),
+    "6": (6, 8, 16, 30, 17, 17, 14), "7": (31, 1, 2, 4, 8, 8, 8), "8": (14, 17, 17, 14, 17, 17, 14),
+    "9": (14, 17, 17, 15, 1, 2, 12),
+    " ": (0,) * 7, "-": (0, 0, 0, 31, 0, 0, 0), ".": (0, 0, 0, 0, 0, 12, 12), ",": (0, 0, 0, 0, 12, 4, 8),
+    ":": (0, 12, 12, 0, 12, 12, 0), "(": (2, 4, 8, 8, 8, 4, 2), ")": (8, 4, 2, 2, 2, 4, 8),
+    "/": (1, 1, 2, 4, 8, 16, 16), "=": (0, 0, 31, 0, 31, 0, 0),
+}
+
+
+def _glyphs(text, scale):
+    """``text`` (upper case) as a bitmap (7 scale, 6 scale per character) of bools."""
+    columns = []
+    for ch in text.upper():
+        rows = FONT.get(ch, FONT[" "])
+        bits = np.array([[(r >> (4 - c)) & 1 for c in range(5)] + [0] for r in rows], dtype=bool)
+        columns.append(bits)
+    bitmap = np.concatenate(columns, axis=1) if columns else np.zeros((7, 0), bool)
+    return np.kron(bitmap, np.ones((scale, scale), dtype=bool))
+
+
+def _draw_text(img, text, x, y, scale=2, anchor="left", vertical=False):
+    """Draw ``text`` in black with its top-left (``anchor`` left) or top-centre at (x, y)."""
+    bitmap = _glyphs(text, scale)
+    if vertical:
+        bitmap = np.rot90(bitmap)             # reads bottom to top
+    h, w = bitmap.shape
+    if anchor == "centre":
+        x -= w // 2
+    elif anchor == "right":
+        x -= w
+    y0, x0 = max(y, 0), max(x, 0)
+    sub = bitmap[y0 - y:min(h, img.shape[0] - y), x0 - x:min(w, img.shape[1] - x)]
+    img[y0:y0 + sub.shape[0], x0:x0 + sub.shape[1]][sub] = 0
+
 
 def _png(path, pixels):
     """Write an 8-bit greyscale PNG."""
@@ -162,21 +209,51 @@ def _png(path, pixels):
     Path(path).write_bytes(png)
 
 
-def save_loss_plot(path, losses, width=480, height=320, margin=30):
-    """log10(loss) against step as a black line on white, with axes."""
+def save_loss_plot(path, losses, width=640, height=440):
+    """The loss (log scale) against the L-BFGS step, with title, axis labels and ticks, as a PNG.
+
+    The loss is sum w (sqrt I_model - sqrt I_target)^2 / sum w I_target over
+    the pixels of the current stage: a dimensionless fraction.
+    """
+    left, right, top, bottom = 96, 24, 56, 70
     img = np.full((height, width), 255, np.uint8)
-    img[height - margin, margin:width - margin] = 0
-    img[margin:height - margin, margin] = 0
+    x_lo, x_hi = left, width - right - 1               # plot area in pixels
+    y_lo, y_hi = top, height - bottom - 1
+    img[y_hi, x_lo:x_hi + 1] = 0                        # axes
+    img[y_lo:y_hi + 1, x_lo] = 0
     y = np.log10(np.maximum(np.asarray(losses, float), 1e-300))
-    lo, hi = y.min(), y.max() if y.max() > y.min() else y.min() + 1
-    xs = margin + (width - 2 * margin - 1) * np.arange(len(y)) / max(len(y) - 1, 1)
-    ys = height - margin - (height - 2 * margin - 1) * (y - lo) / (hi - lo)
+    decade_lo, decade_hi = math.floor(y.min()), math.ceil(y.max())
+    if decade_hi == decade_lo:
+        decade_hi += 1
+    steps = max(len(y) - 1, 1)
+
+    def px(step):
+        return int(round(x_lo + (x_hi - x_lo) * step / steps))
+
+    def py(value):
+        return int(round(y_hi - (y_hi - y_lo) * (value - decade_lo) / (decade_hi - decade_lo)))
+
+    # ticks: every decade on the loss axis, about 8 round numbers on the step axis
+    for decade in range(decade_lo, decade_hi + 1):
+        img[py(decade), x_lo - 6:x_lo] = 0
+        _draw_text(img, f"1E{decade}", x_lo - 10, py(decade) - 7, anchor="right")
+    spacing = next(s for s in (1, 2, 5, 10, 20, 25, 50, 100, 200, 500, 1000) if steps / s <= 8)
+    for number in sorted({1} | set(range(spacing, steps + 2, spacing))):      # steps count from 1
+        img[y_hi:y_hi + 6, px(number - 1)] = 0
+        _draw_text(img, str(number), px(number - 1), y_hi + 12, anchor="centre")
+    # the curve: line segments through the points, each point a 3 x 3 dot
+    xs = [px(i) for i in range(len(y))]
+    ys = [py(v) for v in y]
     for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
         n = int(max(abs(x1 - x0), abs(y1 - y0))) + 1
         for t in np.linspace(0, 1, n):
             img[int(round(y0 + t * (y1 - y0))), int(round(x0 + t * (x1 - x0)))] = 0
     for x, yv in zip(xs, ys):
-        img[max(int(yv) - 1, 0):int(yv) + 2, max(int(x) - 1, 0):int(x) + 2] = 0
+        img[max(yv - 1, 0):yv + 2, max(x - 1, 0):x + 2] = 0
+    _draw_text(img, "LOSS OF THE EXAMPLE REFINEMENT", width // 2, 14, anchor="centre")
+    _draw_text(img, "L-BFGS STEP (NUMBER)", (x_lo + x_hi) // 2, height - 28, anchor="centre")
+    label = _glyphs("LOSS (DIMENSIONLESS, LOG SCALE)", 2)
+    _draw_text(img, "LOSS (DIMENSIONLESS, LOG SCALE)", 12, (y_lo + y_hi) // 2 - label.shape[1] // 2, vertical=True)
     _png(path, img)
 
 

@@ -16,9 +16,12 @@ def _example():
     return module
 
 
-def test_refinement_recovers_parameters(tmp_path):
+def test_refinement_recovers_parameters(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     example = _example()
     err, losses, steps = example.refine(detpixels=48, steps=60, plot=tmp_path / "loss.png", quiet=True)
+    # the plot is the only file the example leaves (no Fdump.bin cache of its -hkl table)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loss.png"]
     for key, goal in example.GOALS.items():
         assert err[key] < goal, (key, err[key], goal)
     assert losses[-1] < 1e-3 * losses[0]
