@@ -134,34 +134,6 @@ def rotate_axis(v, axis, phi):
     return axis * d + v * c + torch.cross(axis.expand_as(v), v, dim=-1) * s
 
 
-def polarization_factor(kahn, incident, diffracted, axis):
-    """Stage: Kahn polarization factor for unit incident (..., 3) and diffracted (..., 3) vectors.
-
-    0.5 (1 + cos^2 2theta - kahn cos(2 psi) sin^2 2theta), psi the azimuth of
-    the diffracted ray about the incident one, measured from the plane that
-    contains the polarization ``axis`` (3,).
-    """
-    cos2t = dot3(incident, diffracted)
-    cos2t_sqr = cos2t * cos2t
-    sin2t_sqr = 1 - cos2t_sqr
-    B = torch.cross(axis.expand_as(incident), incident, dim=-1)
-    B = B / _safe_norm(B)[..., None]
-    E = torch.cross(incident, B, dim=-1)
-    E = E / _safe_norm(E)[..., None]
-    y, x = dot3(diffracted, B), dot3(diffracted, E)
-    # along the beam (2theta = 0) psi is undefined and irrelevant (sin^2 2theta = 0):
-    # mask it so that atan2(0, 0) gives no NaN gradient
-    undefined = (y == 0) & (x == 0)
-    psi = -torch.atan2(torch.where(undefined, torch.zeros_like(y), y), torch.where(undefined, torch.ones_like(x), x))
-    return 0.5 * (1.0 + cos2t_sqr - kahn * torch.cos(2 * psi) * sin2t_sqr)
-
-
-def _safe_norm(v):
-    n2 = dot3(v, v)
-    safe = torch.where(n2 > 0, n2, torch.ones_like(n2))
-    return torch.where(n2 > 0, torch.sqrt(safe), torch.ones_like(n2))
-
-
 def _first_true(mask):
     """Index of the first True along the last dimension, and whether any is True."""
     n = mask.shape[-1]
@@ -342,6 +314,53 @@ def miller_indices(pix, S, cry: Crystal, opt: Options, dtype, anchored: bool, fi
     return MillerIndices((h, k, l), (h0, k0, l0), ((h - h0).to(dtype), (k - k0).to(dtype), (l - l0).to(dtype)))
 
 
+def _offsets_from_nodes(scat, abc, dtype):
+    """Offsets from the nearest reciprocal-lattice node, accurate in a low dtype.
+
+    The first sub-pixel of the first layer anchors each pixel: its Miller
+    indices are computed in the geometry dtype and split into the nearest
+    node and a small offset; every sub-pixel adds its own small change of h
+    computed in ``dtype`` (a difference of nearby scattering vectors loses
+    nothing there).  Returns ((dh, node_h), (dk, node_k), (dl, node_l)) with
+    |d| <= 1/2 in ``dtype`` and each node a pair (anchor node, whole offset).
+    """
+    anchor = scat[:, :1, :1]                                   # (P,1,1,K,3)
+    near = (scat - anchor).to(dtype)                           # (P,T,S,K,3), small
+    out = []
+    for j in range(3):
+        axis = abc[:, :, j]                                    # (F,M,3)
+        coarse = torch.einsum("ptskc,fmc->ptskfm", anchor, axis)
+        node = torch.round(coarse)
+        delta = (coarse - node).to(dtype) + torch.einsum("ptskc,fmc->ptskfm", near, axis.to(dtype))
+        step = torch.round(delta)
+        out.append((delta - step, (node, step)))
+    return out
+
+
+def _node_value(node):
+    """The whole Miller index of a (anchor node, whole offset) pair, as a geometry-dtype tensor."""
+    coarse, step = node
+    return coarse + step.to(coarse.dtype)
+
+
+def _patch_first_phi_loop(hkl, pix, scat, cry, opt, first_kept, any_kept):
+    """Parity: the run's first phi loop reads the unrotated-start table."""
+    hit = (pix == opt.first_pixel).nonzero()
+    if hit.numel() == 0:
+        return hkl
+    p = int(hit[0, 0])
+    if not bool(any_kept[p]):
+        return hkl
+    P, T, S, K = scat.shape[:4]
+    idx = int(first_kept[p])
+    t, rest = divmod(idx, S * K)
+    s, kk = divmod(rest, K)
+    fresh = torch.einsum("c,fmjc->fmj", scat[p, t, s, kk], cry.abc_first)
+    hkl = hkl.clone()
+    hkl[p, t, s, kk] = fresh
+    return hkl
+
+
 def _interpolation_cut(pix, valid, opt: Options):
     """Where interpolation is on (parity: off from (cut_pixel, cut_eval) in raster order, quirk c).
 
@@ -384,6 +403,34 @@ def solid_angle(pos, airpath, det: Detector):
         return 1.0 / airpath / airpath
     pixel_sq = det.pixel_size * det.pixel_size
     return pixel_sq / airpath / airpath * det.close_distance / airpath
+
+
+def polarization_factor(kahn, incident, diffracted, axis):
+    """Stage: Kahn polarization factor for unit incident (..., 3) and diffracted (..., 3) vectors.
+
+    0.5 (1 + cos^2 2theta - kahn cos(2 psi) sin^2 2theta), psi the azimuth of
+    the diffracted ray about the incident one, measured from the plane that
+    contains the polarization ``axis`` (3,).
+    """
+    cos2t = dot3(incident, diffracted)
+    cos2t_sqr = cos2t * cos2t
+    sin2t_sqr = 1 - cos2t_sqr
+    B = torch.cross(axis.expand_as(incident), incident, dim=-1)
+    B = B / _safe_norm(B)[..., None]
+    E = torch.cross(incident, B, dim=-1)
+    E = E / _safe_norm(E)[..., None]
+    y, x = dot3(diffracted, B), dot3(diffracted, E)
+    # along the beam (2theta = 0) psi is undefined and irrelevant (sin^2 2theta = 0):
+    # mask it so that atan2(0, 0) gives no NaN gradient
+    undefined = (y == 0) & (x == 0)
+    psi = -torch.atan2(torch.where(undefined, torch.zeros_like(y), y), torch.where(undefined, torch.ones_like(x), x))
+    return 0.5 * (1.0 + cos2t_sqr - kahn * torch.cos(2 * psi) * sin2t_sqr)
+
+
+def _safe_norm(v):
+    n2 = dot3(v, v)
+    safe = torch.where(n2 > 0, n2, torch.ones_like(n2))
+    return torch.where(n2 > 0, torch.sqrt(safe), torch.ones_like(n2))
 
 
 def capture_fraction(diffracted, det: Detector):
@@ -517,53 +564,6 @@ def accumulate(term, valid, factors: PixelFactors, beam: Beam, opt: Options):
     # the background takes the pixel's cached factors, whatever the flags
     value = opt.scale * (bragg + opt.I_bg * f.capture_cached.sum(-1) * f.polar_cached * f.omega_cached)
     return value, I
-
-
-def _offsets_from_nodes(scat, abc, dtype):
-    """Offsets from the nearest reciprocal-lattice node, accurate in a low dtype.
-
-    The first sub-pixel of the first layer anchors each pixel: its Miller
-    indices are computed in the geometry dtype and split into the nearest
-    node and a small offset; every sub-pixel adds its own small change of h
-    computed in ``dtype`` (a difference of nearby scattering vectors loses
-    nothing there).  Returns ((dh, node_h), (dk, node_k), (dl, node_l)) with
-    |d| <= 1/2 in ``dtype`` and each node a pair (anchor node, whole offset).
-    """
-    anchor = scat[:, :1, :1]                                   # (P,1,1,K,3)
-    near = (scat - anchor).to(dtype)                           # (P,T,S,K,3), small
-    out = []
-    for j in range(3):
-        axis = abc[:, :, j]                                    # (F,M,3)
-        coarse = torch.einsum("ptskc,fmc->ptskfm", anchor, axis)
-        node = torch.round(coarse)
-        delta = (coarse - node).to(dtype) + torch.einsum("ptskc,fmc->ptskfm", near, axis.to(dtype))
-        step = torch.round(delta)
-        out.append((delta - step, (node, step)))
-    return out
-
-
-def _node_value(node):
-    """The whole Miller index of a (anchor node, whole offset) pair, as a geometry-dtype tensor."""
-    coarse, step = node
-    return coarse + step.to(coarse.dtype)
-
-
-def _patch_first_phi_loop(hkl, pix, scat, cry, opt, first_kept, any_kept):
-    """Parity: the run's first phi loop reads the unrotated-start table."""
-    hit = (pix == opt.first_pixel).nonzero()
-    if hit.numel() == 0:
-        return hkl
-    p = int(hit[0, 0])
-    if not bool(any_kept[p]):
-        return hkl
-    P, T, S, K = scat.shape[:4]
-    idx = int(first_kept[p])
-    t, rest = divmod(idx, S * K)
-    s, kk = divmod(rest, K)
-    fresh = torch.einsum("c,fmjc->fmj", scat[p, t, s, kk], cry.abc_first)
-    hkl = hkl.clone()
-    hkl[p, t, s, kk] = fresh
-    return hkl
 
 
 def _trace(pos, rays, miller, F_latt, F_cell, valid, omega, polar, capfrac, I, value, beam, cry):
