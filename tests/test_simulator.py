@@ -185,7 +185,10 @@ ORACLE = {
 }
 
 
-@pytest.mark.parametrize("name", PARAMETERS)
+# N is left out: the reference evaluates C's sin(pi N h)/sin(pi h), whose derivative in N has
+# a pole at every node; the Simulator's real-N lattice factor is checked in
+# tests/test_gradients.py (gradcheck at real N, finite differences, C's image at whole N)
+@pytest.mark.parametrize("name", [p for p in PARAMETERS if p != "N"])
 def test_autograd_matches_reference_finite_differences(name):
     rng = np.random.default_rng(7)
     weights = rng.uniform(0.5, 1.5, size=(10, 10))
@@ -197,15 +200,6 @@ def test_autograd_matches_reference_finite_differences(name):
     if name == "fluence":          # linear: the derivative is loss / fluence
         expected = [_reference_loss(FLAGS, weights) / sim.fluence.item()]
         got = [grad[0]]
-    elif name == "N":              # the command line takes whole N: perturb the scene's N
-        expected, got = [], []
-        for j, attr in enumerate(("Na", "Nb", "Nc")):
-            d = 1e-4
-            def edit(sign):
-                return lambda sc: setattr(sc, attr, getattr(sc, attr) + sign * d)
-            fd = (_reference_loss(FLAGS, weights, edit(+1)) - _reference_loss(FLAGS, weights, edit(-1))) / (2 * d)
-            expected.append(fd)
-            got.append(grad[j])
     else:
         expected, got = [], []
         for component, flag, index, step in ORACLE[name]:

@@ -20,6 +20,22 @@ multiplication under ``-oversample_*`` becomes a reverse cumulative product,
 the stale phi = 0 cell of the first phi loop is patched in for the run's
 first pixel, and interpolation is cut at (cut_pixel, cut_eval) in raster
 order.
+
+:func:`render_pixels` runs the stages, each named for what it computes (the
+reference engine has the same stages under the same names):
+
+=======================  ==================================================
+:func:`pixel_positions`  sub-pixel positions of every sensor layer
+:func:`scattering_vectors`  diffracted and incident rays, S, stol, dmin cut
+:func:`miller_indices`   h, k, l per orientation, nearest nodes, offsets
+``lattice_factor``       F_latt (:mod:`torchsim.lattice`)
+``structure_factor``     F_cell (:mod:`torchsim.structure_factors`)
+:func:`solid_angle`      omega of each sub-pixel
+:func:`polarization_factor`  Kahn polarization factor
+:func:`capture_fraction`  sensor absorption per layer
+:func:`accumulate`       the sum over layers, sub-pixels, sources, phi and
+                         mosaic with C's per-pixel cached factors
+=======================  ==================================================
 """
 
 from __future__ import annotations
@@ -28,8 +44,8 @@ from dataclasses import dataclass
 
 import torch
 
-from torchsim.lattice import lattice_factor, lattice_factor_reduced
-from torchsim.structure_factors import nearest_F, outside_interpolation_grid, tricubic_F
+from torchsim.lattice import lattice_factor
+from torchsim.structure_factors import structure_factor
 
 
 @dataclass
@@ -72,7 +88,10 @@ class Crystal:
     N: torch.Tensor             # (3,) cells
     shape: int
     fudge: torch.Tensor
-    N_int: tuple | None = None  # (Na, Nb, Nc) as ints when whole numbers (faster, exact)
+    # (Na, Nb, Nc) as ints when whole numbers: C's exact form (and the faster
+    # path in low precision).  None when N is a free, real parameter: the
+    # lattice factor then takes the real-N form, smooth in N (torchsim.lattice).
+    N_int: tuple | None = None
 
 
 @dataclass
@@ -115,31 +134,78 @@ def rotate_axis(v, axis, phi):
     return axis * d + v * c + torch.cross(axis.expand_as(v), v, dim=-1) * s
 
 
-def polarization_factor(kahn, incident, diffracted, axis):
-    """Kahn factor for unit incident (..., 3) and diffracted (..., 3) vectors."""
-    cos2t = dot3(incident, diffracted)
-    cos2t_sqr = cos2t * cos2t
-    sin2t_sqr = 1 - cos2t_sqr
-    B = torch.cross(axis.expand_as(incident), incident, dim=-1)
-    B = B / _safe_norm(B)[..., None]
-    E = torch.cross(incident, B, dim=-1)
-    E = E / _safe_norm(E)[..., None]
-    y, x = dot3(diffracted, B), dot3(diffracted, E)
-    # along the beam (2theta = 0) psi is undefined and irrelevant (sin^2 2theta = 0):
-    # mask it so that atan2(0, 0) gives no NaN gradient
-    undefined = (y == 0) & (x == 0)
-    psi = -torch.atan2(torch.where(undefined, torch.zeros_like(y), y), torch.where(undefined, torch.ones_like(x), x))
-    return 0.5 * (1.0 + cos2t_sqr - kahn * torch.cos(2 * psi) * sin2t_sqr)
+def _first_true(mask):
+    """Index of the first True along the last dimension, and whether any is True."""
+    n = mask.shape[-1]
+    idx = torch.arange(n, device=mask.device)
+    first = torch.where(mask, idx, torch.full_like(idx, n)).min(-1).values
+    return first, first < n
 
 
-def _safe_norm(v):
-    n2 = dot3(v, v)
-    safe = torch.where(n2 > 0, n2, torch.ones_like(n2))
-    return torch.where(n2 > 0, torch.sqrt(safe), torch.ones_like(n2))
+def _reverse_cumprod(g):
+    return torch.flip(torch.cumprod(torch.flip(g, (-1,)), -1), (-1,))
 
 
-def subpixel_positions(pix, det: Detector):
-    """Lab positions (P, T, S, 3) of every sub-pixel of every layer of pixels ``pix``."""
+def _reverse_cumsum(x):
+    return torch.flip(torch.cumsum(torch.flip(x, (-1,)), -1), (-1,))
+
+
+# ---------------------------------------------------------------------------
+# the stages, in the order a pixel goes through them
+# ---------------------------------------------------------------------------
+
+def render_pixels(pix, det: Detector, beam: Beam, cry: Crystal, sf: Factors, opt: Options, want_trace=False):
+    """Photons in each pixel of ``pix`` (P,) (raster indices).
+
+    Returns (values (P,), omega_sum (P,), oob_eval (P,) long, oob_hkl (P, 3),
+    trace dict or None).  ``oob_eval`` is the evaluation index of the first
+    interpolation neighbourhood that left the table (-1 if none).
+    """
+    dtype = opt.scale.dtype            # compute dtype of the per-evaluation work
+    P = pix.shape[0]
+
+    pos = pixel_positions(pix, det)                                      # (P,T,S,3)
+    rays = scattering_vectors(pos, beam)                                 # (P,T,S,K,...)
+    first_kept, any_kept = _first_true(rays.keep.reshape(P, -1))
+
+    # low precision without interpolation or tracing: offsets from a float64 anchor
+    anchored = (dtype != det.pix0.dtype and not sf.interpolate and not want_trace
+                and not (opt.parity and opt.first_pixel >= 0))
+    miller = miller_indices(pix, rays.S, cry, opt, dtype, anchored, first_kept, any_kept)
+    F_latt = lattice_factor(miller, cry, opt.parity)                     # (P,T,S,K,F,M)
+    valid = rays.keep[..., None, None].expand(miller.shape)
+    if opt.water_size == 0.0:
+        valid = valid & (F_latt != 0.0)       # C skips the evaluation (and the table look-up)
+
+    use_interp, eval_index = _interpolation_cut(pix, valid, opt) if sf.interpolate else (None, None)
+    F_cell, off_grid = structure_factor(miller.hkl, miller.node_values() if sf.has_table else None, sf, use_interp)
+    oob_eval, oob_hkl = _first_out_of_table(valid, use_interp, off_grid, eval_index, miller.hkl, det.pix0.dtype)
+
+    factors = pixel_factors(pos, rays, det, beam, opt, dtype, first_kept, any_kept)
+    term = intensity_terms(F_cell, F_latt, valid, sf.default_F)
+    value, I = accumulate(term, valid, factors, beam, opt)
+    T, S = det.thicksteps, det.oversample * det.oversample
+    omega_sum = (factors.omega if opt.over_omega else factors.omega_cached[:, None, None].expand(P, T, S)).sum((1, 2))
+
+    trace = None
+    if want_trace:
+        if F_cell is None:
+            F_cell = torch.full_like(F_latt, sf.default_F)
+        trace = _trace(pos, rays, miller, F_latt, F_cell, valid,
+                       factors.omega if opt.over_omega else factors.omega_cached, factors.polar_cached,
+                       factors.capture[:, -1, -1] if opt.over_thick else factors.capture_cached[:, -1],
+                       I, value, beam, cry)
+    return value, omega_sum, oob_eval, oob_hkl, trace
+
+
+def pixel_positions(pix, det: Detector):
+    """Stage: lab positions (P, T, S, 3) in metres of every sub-pixel of every sensor layer.
+
+    Sub-pixel centres step by pixel_size / oversample along fdet and sdet
+    from pix0 (slow-major order); layer t sits t * thickstep behind the
+    front face along odet.  The curved detector maps the flat detector
+    coordinates onto a sphere of radius ``distance``.
+    """
     dtype, device = det.pix0.dtype, det.pix0.device
     n = det.oversample
     sub = det.pixel_size / n
@@ -161,203 +227,91 @@ def subpixel_positions(pix, det: Detector):
     return pos
 
 
-def _first_true(mask):
-    """Index of the first True along the last dimension, and whether any is True."""
-    n = mask.shape[-1]
-    idx = torch.arange(n, device=mask.device)
-    first = torch.where(mask, idx, torch.full_like(idx, n)).min(-1).values
-    return first, first < n
+subpixel_positions = pixel_positions          # the name the engine used first
 
 
-def _reverse_cumprod(g):
-    return torch.flip(torch.cumprod(torch.flip(g, (-1,)), -1), (-1,))
+@dataclass
+class Scattering:
+    """What the geometry of one evaluation gives, before the crystal enters."""
+    airpath: torch.Tensor       # (P, T, S) m, sample to sub-pixel
+    diffracted: torch.Tensor    # (P, T, S, 3) unit
+    incident: torch.Tensor      # (K, 3) unit, direction of travel
+    S: torch.Tensor             # (P, T, S, K, 3) scattering vector, 1/m
+    stol: torch.Tensor          # (P, T, S, K) sin(theta)/lambda, 1/m
+    keep: torch.Tensor          # (P, T, S, K) bool: passes the -dmin resolution cut
 
 
-def _reverse_cumsum(x):
-    return torch.flip(torch.cumsum(torch.flip(x, (-1,)), -1), (-1,))
-
-
-def render_pixels(pix, det: Detector, beam: Beam, cry: Crystal, sf: Factors, opt: Options, want_trace=False):
-    """Photons in each pixel of ``pix`` (P,) (raster indices).
-
-    Returns (values (P,), omega_sum (P,), oob_eval (P,) long, oob_hkl (P, 3),
-    trace dict or None).  ``oob_eval`` is the evaluation index of the first
-    interpolation neighbourhood that left the table (-1 if none).
-    """
-    dtype = opt.scale.dtype            # compute dtype of the per-evaluation work
-    gdt = det.pix0.dtype               # geometry dtype (float64: positions and h need it)
-    P = pix.shape[0]
-    T, S = det.thicksteps, det.oversample * det.oversample
-    K = beam.directions.shape[0]
-
-    pos = subpixel_positions(pix, det)                                   # (P,T,S,3)
+def scattering_vectors(pos, beam: Beam) -> Scattering:
+    """Stage: diffracted and incident directions, S = (d - i) / lambda, stol and the dmin cut."""
     airpath = norm3(pos)
     d = pos / airpath[..., None]
-
-    pixel_sq = det.pixel_size * det.pixel_size
-    if det.point_pixel:
-        omega_all = 1.0 / airpath / airpath
-    else:
-        omega_all = pixel_sq / airpath / airpath * det.close_distance / airpath
-    omega_all = omega_all.to(dtype)
-    omega_cached = omega_all[:, 0, 0]                                    # first sub-pixel
-
-    if det.thick == 0.0 and not (opt.parity and opt.over_thick):
-        cap_all = torch.ones_like(airpath)      # (C zeroes it with -oversample_thick: parity only)
-    else:
-        parallax = dot3(d, det.odet)
-        t = torch.arange(T, device=pix.device, dtype=gdt)[None, :, None]
-        cap_all = (torch.exp(-t * det.thickstep * det.mu / parallax)
-                   - torch.exp(-(t + 1) * det.thickstep * det.mu / parallax))
-    cap_all = cap_all.to(dtype)
-    cap_cached = cap_all[:, :, 0]                                        # (P,T) per layer
-
     incident = -beam.directions                                          # (K,3)
-    scat = (d[:, :, :, None, :] - incident) / beam.wavelengths[:, None]  # (P,T,S,K,3)
-    stol = 0.5 * norm3(scat)
+    S = (d[:, :, :, None, :] - incident) / beam.wavelengths[:, None]     # (P,T,S,K,3)
+    stol = 0.5 * norm3(S)
     if beam.dmin > 0.0:
         keep = ~((stol > 0.0) & (beam.dmin > 0.5 / torch.where(stol > 0, stol, torch.ones_like(stol))))
     else:
         keep = torch.ones_like(stol, dtype=torch.bool)
-    keep_flat = keep.reshape(P, T * S * K)
-    first_kept, any_kept = _first_true(keep_flat)
+    return Scattering(airpath, d, incident, S, stol, keep)
 
-    need_all_polar = opt.over_polar and (opt.parity or not beam.nopolar)
-    pol_all = None
-    if need_all_polar or (not beam.nopolar and beam.dmin > 0.0):
-        pol_all = polarization_factor(beam.kahn, incident.expand_as(scat), d[:, :, :, None, :].expand_as(scat),
-                                      beam.polar_vector).to(dtype)       # (P,T,S,K)
-    elif not beam.nopolar:
-        # without a resolution cut the cached factor is the first sub-pixel's, first source's
-        first = polarization_factor(beam.kahn, incident[0], d[:, 0, 0], beam.polar_vector).to(dtype)
-        pol_all = first.reshape(P, 1, 1, 1).expand(P, T, S, K)
-    if beam.nopolar:
-        polar_cached = torch.ones(P, dtype=dtype, device=pix.device)
-        polar_first = polar_cached
-    else:
-        gathered = pol_all.reshape(P, -1).gather(1, first_kept.clamp(max=T * S * K - 1)[:, None])[:, 0]
-        polar_cached = torch.where(any_kept, gathered, torch.zeros_like(gathered))
-        polar_first = polar_cached
 
-    # Miller indices for every (phi, mosaic) orientation: (P,T,S,K,F,M) each
-    fast_low_precision = (dtype != gdt and not sf.interpolate and not want_trace
-                          and not (opt.parity and opt.first_pixel >= 0))
-    if fast_low_precision:
-        (dh, nh), (dk, nk), (dl, nl) = _offsets_from_nodes(scat, cry.abc_later, dtype)
-        F_latt = lattice_factor_reduced(dh, dk, dl, nh, nk, nl, cry.shape, cry.N, cry.recip, cry.fudge,
-                                        cry.N_int, opt.parity)
-        h = dh                                   # (only its shape is used below)
-        if sf.has_table:
-            h0, k0, l0 = (_node_value(n) for n in (nh, nk, nl))
-    elif opt.parity and opt.first_pixel >= 0:
-        hkl = torch.einsum("ptskc,fmjc->ptskfmj", scat, cry.abc_later)
-        hkl = _patch_first_phi_loop(hkl, pix, scat, cry, opt, first_kept, any_kept)
+@dataclass
+class MillerIndices:
+    """Fractional Miller indices of every evaluation and their nearest nodes, (P, T, S, K, F, M) each.
+
+    ``hkl``: (h, k, l) in the geometry dtype, or None where only offsets were
+    formed (the anchored low-precision path).  ``nodes``: the nearest node
+    (h0, k0, l0), geometry-dtype tensors, or on the anchored path (anchor
+    node, whole step) pairs whose sum is meant.  ``offsets``: (h - h0, ...)
+    in the compute dtype, or None when it is the geometry dtype (then formed
+    on demand by :meth:`node_offsets`).
+    """
+    hkl: tuple | None
+    nodes: tuple
+    offsets: tuple | None
+
+    @property
+    def shape(self):
+        return (self.offsets or self.hkl)[0].shape
+
+    def node_values(self):
+        """(h0, k0, l0) as whole-valued geometry-dtype tensors."""
+        return tuple(_node_value(n) if isinstance(n, tuple) else n for n in self.nodes)
+
+    def node_offsets(self):
+        """(h - h0, k - k0, l - l0), |offset| <= 1/2."""
+        if self.offsets is not None:
+            return self.offsets
+        return tuple(x - x0 for x, x0 in zip(self.hkl, self.nodes))
+
+
+def miller_indices(pix, S, cry: Crystal, opt: Options, dtype, anchored: bool, first_kept, any_kept) -> MillerIndices:
+    """Stage: h = a . S, k = b . S, l = c . S for every (phi, mosaic) orientation, and the nearest nodes.
+
+    In the geometry dtype the nodes are C's ceil(h - 0.5).  In a lower
+    compute dtype the indices stay in the geometry dtype and the lattice
+    factor gets their offsets from the nearest node (round-half-even differs
+    from C's rounding only at exact halves), because sin of large arguments
+    would lose the spot's shape; ``anchored`` forms the offsets from one
+    float64 anchor per pixel without ever forming h in float64 for every
+    sub-pixel.  Under parity the run's first phi loop reads the unrotated
+    cell (quirk a).
+    """
+    if anchored:
+        (dh, nh), (dk, nk), (dl, nl) = _offsets_from_nodes(S, cry.abc_later, dtype)
+        return MillerIndices(None, (nh, nk, nl), (dh, dk, dl))
+    if opt.parity and opt.first_pixel >= 0:
+        hkl = torch.einsum("ptskc,fmjc->ptskfmj", S, cry.abc_later)
+        hkl = _patch_first_phi_loop(hkl, pix, S, cry, opt, first_kept, any_kept)
         h, k, l = (x.contiguous() for x in hkl.unbind(-1))
     else:
         # one product per index keeps each of h, k, l contiguous in memory
-        h, k, l = (torch.einsum("ptskc,fmc->ptskfm", scat, cry.abc_later[:, :, j]) for j in range(3))
-    if fast_low_precision:
-        pass
-    elif dtype == gdt:
+        h, k, l = (torch.einsum("ptskc,fmc->ptskfm", S, cry.abc_later[:, :, j]) for j in range(3))
+    if dtype == h.dtype:
         h0, k0, l0 = torch.ceil(h - 0.5), torch.ceil(k - 0.5), torch.ceil(l - 0.5)   # C's rounding
-        F_latt = lattice_factor(h, k, l, h0, k0, l0, cry.shape, cry.N, cry.recip, cry.fudge, opt.parity)
-    else:
-        # lower precision: work with the offsets from the nearest node, which
-        # the geometry dtype gives exactly (sin of large arguments would not)
-        # (round-half-even differs from C's ceil(h - 0.5) only at exact halves)
-        h0, k0, l0 = torch.round(h), torch.round(k), torch.round(l)
-        F_latt = lattice_factor_reduced((h - h0).to(dtype), (k - k0).to(dtype), (l - l0).to(dtype),
-                                        h0, k0, l0, cry.shape, cry.N, cry.recip, cry.fudge, cry.N_int, opt.parity)
-    valid = keep[..., None, None].expand_as(h)
-    if opt.water_size == 0.0:
-        valid = valid & (F_latt != 0.0)
-
-    if sf.has_table:
-        F_near = nearest_F(h0.long(), k0.long(), l0.long(), sf.Fhkl, sf.hkl_min, sf.hkl_max, sf.default_F, True)
-    else:
-        F_near = None                     # every reflection takes default_F
-    oob_eval = torch.full((P,), -1, dtype=torch.long, device=pix.device)
-    oob_hkl = torch.zeros(P, 3, dtype=gdt, device=pix.device)
-    if sf.interpolate:
-        flat_valid = valid.reshape(P, -1)
-        eval_index = (torch.cumsum(flat_valid.long(), -1) - 1).reshape(valid.shape)
-        pixb = pix.reshape((P,) + (1,) * (valid.dim() - 1))
-        use_interp = (pixb < opt.cut_pixel) | ((pixb == opt.cut_pixel) & (eval_index < opt.cut_eval))
-        oob = outside_interpolation_grid(h, k, l, sf.hkl_min, sf.hkl_max)
-        oob_here = (valid & use_interp & oob).reshape(P, -1)
-        first_oob, any_oob = _first_true(oob_here)
-        at = first_oob.clamp(max=oob_here.shape[1] - 1)[:, None]
-        oob_eval = torch.where(any_oob, eval_index.reshape(P, -1).gather(1, at)[:, 0], oob_eval)
-        for j, x in enumerate((h, k, l)):
-            oob_hkl[:, j] = torch.where(any_oob, x.reshape(P, -1).gather(1, at)[:, 0], oob_hkl[:, j])
-        interp_ok = use_interp & ~oob
-        F_interp = tricubic_F(h, k, l, sf.Fhkl, sf.hkl_min, interp_ok)
-        F_cell = torch.where(interp_ok, F_interp, F_near)
-    else:
-        F_cell = F_near
-
-    zero = torch.zeros((), dtype=dtype, device=pix.device)
-    if F_cell is None:                    # constant F: one scalar factor
-        term = torch.where(valid, (sf.default_F * sf.default_F) * (F_latt * F_latt), zero)
-        F_cell = torch.full_like(F_latt, sf.default_F) if want_trace else None
-    else:
-        term = torch.where(valid, F_cell * F_cell * F_latt * F_latt, zero)   # (P,T,S,K,F,M)
-    over_any = opt.over_thick or opt.over_polar or opt.over_omega
-    ext = (...,) + (None,) * 2                                            # broadcast over F, M
-
-    if opt.parity:
-        if over_any:
-            g = torch.ones_like(term)
-            if opt.over_thick:
-                g = g * cap_all[:, :, :, None, None, None]
-            if opt.over_polar:
-                g = g * pol_all[ext]
-            if opt.over_omega:
-                g = g * omega_all[:, :, :, None, None, None]
-            g = torch.where(valid, g, torch.ones_like(g)).reshape(P, -1)
-            # C multiplies the running sum: every term by all factors after it.
-            # The products are accumulated as logarithms (and signs) so that
-            # no partial product over- or underflows where C's sums do not.
-            rev_log = _reverse_cumsum(torch.log(g.abs()))
-            rev_sign = _reverse_cumprod(torch.sign(g))
-            flat_term = term.reshape(P, -1)
-            weighted = torch.where(flat_term == 0, torch.zeros_like(flat_term),
-                                   flat_term * rev_sign * torch.exp(rev_log))
-            I = weighted.sum(-1) + opt.I_bg * rev_sign[:, 0] * torch.exp(rev_log[:, 0])
-        else:
-            I = opt.I_bg + term.reshape(P, -1).sum(-1)
-        value = opt.scale * I
-        if not opt.over_thick:
-            value = value * cap_cached[:, -1]               # the last layer's fraction
-    else:
-        term = term * beam.scales[:, None, None]
-        if opt.over_thick:
-            term = term * cap_all[:, :, :, None, None, None]
-        if opt.over_polar and not beam.nopolar:
-            term = term * pol_all[ext]
-        if opt.over_omega:
-            term = term * omega_all[:, :, :, None, None, None]
-        per_layer = term.reshape(P, T, -1).sum(-1)
-        I = per_layer.sum(-1) if opt.over_thick else (per_layer * cap_cached).sum(-1)
-        bragg = I
-        if not opt.over_polar:
-            bragg = bragg * polar_cached
-        if not opt.over_omega:
-            bragg = bragg * omega_cached
-        # the background takes the pixel's cached factors, whatever the flags
-        value = opt.scale * (bragg + opt.I_bg * cap_cached.sum(-1) * polar_first * omega_cached)
-    if opt.parity and not opt.over_polar:
-        value = value * polar_cached
-    if opt.parity and not opt.over_omega:
-        value = value * omega_cached
-    omega_sum = (omega_all if opt.over_omega else omega_cached[:, None, None].expand(P, T, S)).sum((1, 2))
-
-    trace = None
-    if want_trace:
-        trace = _trace(pos, d, airpath, scat, stol, keep_flat, h, k, l, h0, k0, l0, F_latt, F_cell, valid,
-                       omega_all if opt.over_omega else omega_cached, polar_cached,
-                       cap_all[:, -1, -1] if opt.over_thick else cap_cached[:, -1], I, value, beam, cry)
-    return value, omega_sum, oob_eval, oob_hkl, trace
+        return MillerIndices((h, k, l), (h0, k0, l0), None)
+    h0, k0, l0 = torch.round(h), torch.round(k), torch.round(l)
+    return MillerIndices((h, k, l), (h0, k0, l0), ((h - h0).to(dtype), (k - k0).to(dtype), (l - l0).to(dtype)))
 
 
 def _offsets_from_nodes(scat, abc, dtype):
@@ -407,9 +361,217 @@ def _patch_first_phi_loop(hkl, pix, scat, cry, opt, first_kept, any_kept):
     return hkl
 
 
-def _trace(pos, d, airpath, scat, stol, keep_flat, h, k, l, h0, k0, l0, F_latt, F_cell, valid,
-           omega, polar, capfrac, I, value, beam, cry):
+def _interpolation_cut(pix, valid, opt: Options):
+    """Where interpolation is on (parity: off from (cut_pixel, cut_eval) in raster order, quirk c).
+
+    Returns (use_interp bool (P,T,S,K,F,M), the pixel's evaluation counter, same shape).
+    """
+    P = pix.shape[0]
+    eval_index = (torch.cumsum(valid.reshape(P, -1).long(), -1) - 1).reshape(valid.shape)
+    pixb = pix.reshape((P,) + (1,) * (valid.dim() - 1))
+    use_interp = (pixb < opt.cut_pixel) | ((pixb == opt.cut_pixel) & (eval_index < opt.cut_eval))
+    return use_interp, eval_index
+
+
+def _first_out_of_table(valid, use_interp, off_grid, eval_index, hkl, gdt):
+    """Each pixel's first evaluation whose interpolation neighbourhood leaves the table.
+
+    Returns (evaluation index (P,) long, -1 if none; its (h, k, l) (P, 3)):
+    the engine's warning, and under parity where C switches interpolation off.
+    """
+    P = valid.shape[0]
+    oob_eval = torch.full((P,), -1, dtype=torch.long, device=valid.device)
+    oob_hkl = torch.zeros(P, 3, dtype=gdt, device=valid.device)
+    if off_grid is None:
+        return oob_eval, oob_hkl
+    here = (valid & use_interp & off_grid).reshape(P, -1)
+    first, any_here = _first_true(here)
+    at = first.clamp(max=here.shape[1] - 1)[:, None]
+    oob_eval = torch.where(any_here, eval_index.reshape(P, -1).gather(1, at)[:, 0], oob_eval)
+    for j, x in enumerate(hkl):
+        oob_hkl[:, j] = torch.where(any_here, x.reshape(P, -1).gather(1, at)[:, 0], oob_hkl[:, j])
+    return oob_eval, oob_hkl
+
+
+def solid_angle(pos, airpath, det: Detector):
+    """Stage: solid angle omega (P, T, S) in sr of each sub-pixel seen from the sample.
+
+    pixel_size^2 / airpath^2 * close_distance / airpath: the pixel's area
+    times the obliquity of its normal; ``-point_pixel``: 1 / airpath^2.
+    """
+    if det.point_pixel:
+        return 1.0 / airpath / airpath
+    pixel_sq = det.pixel_size * det.pixel_size
+    return pixel_sq / airpath / airpath * det.close_distance / airpath
+
+
+def polarization_factor(kahn, incident, diffracted, axis):
+    """Stage: Kahn polarization factor for unit incident (..., 3) and diffracted (..., 3) vectors.
+
+    0.5 (1 + cos^2 2theta - kahn cos(2 psi) sin^2 2theta), psi the azimuth of
+    the diffracted ray about the incident one, measured from the plane that
+    contains the polarization ``axis`` (3,).
+    """
+    cos2t = dot3(incident, diffracted)
+    cos2t_sqr = cos2t * cos2t
+    sin2t_sqr = 1 - cos2t_sqr
+    B = torch.cross(axis.expand_as(incident), incident, dim=-1)
+    B = B / _safe_norm(B)[..., None]
+    E = torch.cross(incident, B, dim=-1)
+    E = E / _safe_norm(E)[..., None]
+    y, x = dot3(diffracted, B), dot3(diffracted, E)
+    # along the beam (2theta = 0) psi is undefined and irrelevant (sin^2 2theta = 0):
+    # mask it so that atan2(0, 0) gives no NaN gradient
+    undefined = (y == 0) & (x == 0)
+    psi = -torch.atan2(torch.where(undefined, torch.zeros_like(y), y), torch.where(undefined, torch.ones_like(x), x))
+    return 0.5 * (1.0 + cos2t_sqr - kahn * torch.cos(2 * psi) * sin2t_sqr)
+
+
+def _safe_norm(v):
+    n2 = dot3(v, v)
+    safe = torch.where(n2 > 0, n2, torch.ones_like(n2))
+    return torch.where(n2 > 0, torch.sqrt(safe), torch.ones_like(n2))
+
+
+def capture_fraction(diffracted, det: Detector):
+    """Stage: fraction (P, T, S) of the photons absorbed in each sensor layer.
+
+    Layer t spans depths [t, t + 1] * thickstep along odet; a ray of
+    parallax cos = d . odet crosses it between path lengths depth / cos:
+    exp(-mu t s / cos) - exp(-mu (t + 1) s / cos).
+    """
+    parallax = dot3(diffracted, det.odet)
+    t = torch.arange(det.thicksteps, device=diffracted.device, dtype=diffracted.dtype)[None, :, None]
+    return (torch.exp(-t * det.thickstep * det.mu / parallax)
+            - torch.exp(-(t + 1) * det.thickstep * det.mu / parallax))
+
+
+@dataclass
+class PixelFactors:
+    """Solid angle, polarization and capture fraction, and the values C caches per pixel."""
+    omega: torch.Tensor             # (P, T, S)
+    omega_cached: torch.Tensor      # (P,) first sub-pixel of the first layer
+    polar: torch.Tensor | None      # (P, T, S, K), where needed (None with -nopolar)
+    polar_cached: torch.Tensor      # (P,) first evaluation the resolution cut keeps (0 if none)
+    capture: torch.Tensor           # (P, T, S)
+    capture_cached: torch.Tensor    # (P, T) first sub-pixel of each layer
+
+
+def pixel_factors(pos, rays: Scattering, det: Detector, beam: Beam, opt: Options, dtype, first_kept, any_kept):
+    """The per-sub-pixel factors in the compute dtype, and C's per-pixel cached values.
+
+    Without the -oversample_* flags C computes omega, polarization and the
+    capture fraction once per pixel (per layer for the capture fraction) and
+    applies that value to all the pixel's sub-pixels; the cached values are
+    taken at the evaluation where C takes them.
+    """
+    P, T = pos.shape[:2]
+    S, K = pos.shape[2], rays.incident.shape[0]
+    omega = solid_angle(pos, rays.airpath, det).to(dtype)
+
+    if det.thick == 0.0 and not (opt.parity and opt.over_thick):
+        capture = torch.ones_like(rays.airpath)  # (C zeroes it with -oversample_thick: parity only)
+    else:
+        capture = capture_fraction(rays.diffracted, det)
+    capture = capture.to(dtype)
+
+    polar = None
+    every_evaluation = opt.over_polar and (opt.parity or not beam.nopolar)
+    if every_evaluation or (not beam.nopolar and beam.dmin > 0.0):
+        polar = polarization_factor(beam.kahn, rays.incident.expand_as(rays.S),
+                                    rays.diffracted[:, :, :, None, :].expand_as(rays.S),
+                                    beam.polar_vector).to(dtype)                 # (P,T,S,K)
+    elif not beam.nopolar:
+        # without a resolution cut the cached factor is the first sub-pixel's, first source's
+        first = polarization_factor(beam.kahn, rays.incident[0], rays.diffracted[:, 0, 0],
+                                    beam.polar_vector).to(dtype)
+        polar = first.reshape(P, 1, 1, 1).expand(P, T, S, K)
+    if beam.nopolar:
+        polar_cached = torch.ones(P, dtype=dtype, device=pos.device)
+    else:
+        gathered = polar.reshape(P, -1).gather(1, first_kept.clamp(max=T * S * K - 1)[:, None])[:, 0]
+        polar_cached = torch.where(any_kept, gathered, torch.zeros_like(gathered))
+    return PixelFactors(omega, omega[:, 0, 0], polar, polar_cached, capture, capture[:, :, 0])
+
+
+def intensity_terms(F_cell, F_latt, valid, default_F):
+    """F_cell^2 F_latt^2 of every evaluation (0 where skipped); F_cell None: the constant default_F."""
+    zero = torch.zeros((), dtype=F_latt.dtype, device=F_latt.device)
+    if F_cell is None:                    # constant F: one scalar factor
+        return torch.where(valid, (default_F * default_F) * (F_latt * F_latt), zero)
+    return torch.where(valid, F_cell * F_cell * F_latt * F_latt, zero)      # (P,T,S,K,F,M)
+
+
+def accumulate(term, valid, factors: PixelFactors, beam: Beam, opt: Options):
+    """Stage: sum the terms over layers, sub-pixels, sources, phi steps and mosaic domains.
+
+    Returns (photons (P,), the intensity sum I (P,) before the scale).
+    Spec mode weights each source, applies each -oversample_* factor per
+    evaluation and the cached per-pixel factor otherwise, and gives the
+    water background the pixel's cached factors.  Parity reproduces C's
+    order of operations, including the multiplication of the running sum
+    (quirk b) under the -oversample_* flags.
+    """
+    P, T = term.shape[:2]
+    f = factors
+    over_any = opt.over_thick or opt.over_polar or opt.over_omega
+    ext = (...,) + (None,) * 2                                            # broadcast over F, M
+
+    if opt.parity:
+        if over_any:
+            g = torch.ones_like(term)
+            if opt.over_thick:
+                g = g * f.capture[:, :, :, None, None, None]
+            if opt.over_polar:
+                g = g * f.polar[ext]
+            if opt.over_omega:
+                g = g * f.omega[:, :, :, None, None, None]
+            g = torch.where(valid, g, torch.ones_like(g)).reshape(P, -1)
+            # C multiplies the running sum: every term by all factors after it.
+            # The products are accumulated as logarithms (and signs) so that
+            # no partial product over- or underflows where C's sums do not.
+            rev_log = _reverse_cumsum(torch.log(g.abs()))
+            rev_sign = _reverse_cumprod(torch.sign(g))
+            flat_term = term.reshape(P, -1)
+            weighted = torch.where(flat_term == 0, torch.zeros_like(flat_term),
+                                   flat_term * rev_sign * torch.exp(rev_log))
+            I = weighted.sum(-1) + opt.I_bg * rev_sign[:, 0] * torch.exp(rev_log[:, 0])
+        else:
+            I = opt.I_bg + term.reshape(P, -1).sum(-1)
+        value = opt.scale * I
+        if not opt.over_thick:
+            value = value * f.capture_cached[:, -1]         # the last layer's fraction
+        if not opt.over_polar:
+            value = value * f.polar_cached
+        if not opt.over_omega:
+            value = value * f.omega_cached
+        return value, I
+
+    term = term * beam.scales[:, None, None]
+    if opt.over_thick:
+        term = term * f.capture[:, :, :, None, None, None]
+    if opt.over_polar and not beam.nopolar:
+        term = term * f.polar[ext]
+    if opt.over_omega:
+        term = term * f.omega[:, :, :, None, None, None]
+    per_layer = term.reshape(P, T, -1).sum(-1)
+    I = per_layer.sum(-1) if opt.over_thick else (per_layer * f.capture_cached).sum(-1)
+    bragg = I
+    if not opt.over_polar:
+        bragg = bragg * f.polar_cached
+    if not opt.over_omega:
+        bragg = bragg * f.omega_cached
+    # the background takes the pixel's cached factors, whatever the flags
+    value = opt.scale * (bragg + opt.I_bg * f.capture_cached.sum(-1) * f.polar_cached * f.omega_cached)
+    return value, I
+
+
+def _trace(pos, rays, miller, F_latt, F_cell, valid, omega, polar, capfrac, I, value, beam, cry):
     """Intermediates of the last evaluation of pixel 0 (names as reference.kernel)."""
+    d, airpath, scat, stol = rays.diffracted, rays.airpath, rays.S, rays.stol
+    keep_flat = rays.keep.reshape(rays.keep.shape[0], -1)
+    h, k, l = miller.hkl
+    h0, k0, l0 = miller.nodes
     out = {}
     last_pos = pos[0, -1, -1]
     for axis, j in zip("xyz", range(3)):

@@ -1,7 +1,19 @@
 """Lattice transforms F_latt of a finite crystal, with gradient-safe singular points.
 
-All functions take tensors of fractional Miller indices (any shape) and
-return tensors of the same shape, dtype and device.
+All functions take tensors of fractional Miller indices, or of their offsets
+from the nearest reciprocal-lattice node (any shape), and return tensors of
+the same shape, dtype and device.  Three forms of the parallelepiped's
+interference function live here:
+
+* :func:`sincg`: the C program's ``sin(pi N h) / sin(pi h)`` on the whole
+  index, for whole N in the geometry dtype (bit for bit as the reference);
+* :func:`sincg_reduced` with a whole N: the same value from the offset
+  ``delta = h - h0``, for low precision;
+* :func:`interference`: ``sin(pi N delta) / sin(pi delta)`` for any real N,
+  smooth in N, used whenever N is a free parameter (specs/physics.md,
+  "Lattice factor for real N").
+
+:func:`lattice_factor` is the kernel's stage: it picks the form.
 """
 
 from __future__ import annotations
@@ -32,6 +44,37 @@ def sincg(x: torch.Tensor, N) -> torch.Tensor:
     return torch.where(exact_zero, N.expand_as(x), torch.where(near, limit, ratio))
 
 
+def interference(delta: torch.Tensor, N) -> torch.Tensor:
+    """sin(pi N delta) / sin(pi delta): N cells' interference, for any real N.
+
+    ``delta`` is the offset of the fractional index from its nearest node
+    (|delta| <= 1/2); ``N`` a scalar tensor (it may require a gradient).
+    For whole N this is C's ``sin(pi N h) / sin(pi h)`` times the sign
+    (-1)^(h0 (N-1)), which F_latt^2 does not see; for real N it is the
+    periodic continuation of the interference peak around every node,
+    smooth in N (specs/physics.md).
+
+    Near the node the quotient's gradient would be a difference of two
+    large, nearly equal terms (and 0/0 at delta = 0), so there the Taylor
+    series N [1 - (N^2-1) x^2/6 + (N^2-1)(3N^2-7) x^4/360], x = pi delta, is
+    used instead, with the quotient's operand masked (double ``where``).
+    The switch is at max(|N|, 2) |x| = eps^(1/8) (0.011 in float64, 0.14 in
+    float32): below it the series' first neglected term, at most
+    (N x)^6 / 5040 of the value for N >= 2 and 2e-3 x^6 below, is under the
+    dtype's rounding; above it the quotient's cancellation costs at most
+    ~eps / (N x)^2 of its gradient.
+    """
+    N = torch.as_tensor(N, dtype=delta.dtype, device=delta.device)
+    x = math.pi * delta
+    reach = torch.finfo(delta.dtype).eps ** 0.125
+    near = (x * torch.clamp(N.abs(), min=2.0)).abs() < reach
+    safe_x = torch.where(near, torch.ones_like(x), x)
+    quotient = torch.sin(N * safe_x) / torch.sin(safe_x)
+    x2, N2 = x * x, N * N
+    series = N * (1.0 - (N2 - 1.0) * x2 / 6.0 * (1.0 - (3.0 * N2 - 7.0) * x2 / 60.0))
+    return torch.where(near, series, quotient)
+
+
 def sinc3(x: torch.Tensor, as_c: bool = False) -> torch.Tensor:
     """3 (sin x - x cos x) / x^3: the Fourier transform of a sphere, 1 at x = 0.
 
@@ -60,11 +103,14 @@ def sinc3(x: torch.Tensor, as_c: bool = False) -> torch.Tensor:
     return torch.where(x == 0, torch.ones_like(x), torch.where(small, series, full))
 
 
-def lattice_factor(h, k, l, h0, k0, l0, shape: int, N, recip, fudge, c_sinc3: bool = False):
-    """F_latt for fractional (h, k, l) near the nearest node (h0, k0, l0).
+def lattice_factor_direct(h, k, l, h0, k0, l0, shape: int, N, recip, fudge, c_sinc3: bool = False):
+    """F_latt for fractional (h, k, l) near the nearest node (h0, k0, l0), as C computes it.
 
     ``N`` is a (3,) tensor (Na, Nb, Nc); ``recip`` is (3, 3) with rows a*, b*,
-    c* in 1/Angstrom (used only by the round/Gaussian/top-hat shapes).
+    c* in 1/Angstrom (used only by the round/Gaussian/top-hat shapes).  The
+    square shape uses C's sincg of the whole index: right for whole N only.
+    The other shapes depend on N through smooth polynomials and are valid for
+    any real N (the top-hat is a step in N by construction).
     """
     Na, Nb, Nc = N[0], N[1], N[2]
     if shape == SQUARE:
@@ -92,13 +138,11 @@ def sincg_reduced(delta, n, N, N_int=None):
     which keeps full relative accuracy in low precision: the arguments stay
     below pi N / 2 instead of growing with h.  ``N_int`` is N as a Python int
     when the caller knows it is whole (the command line's N always is);
-    otherwise the direct form is used.
+    otherwise (N a free, real parameter) the value is :func:`interference`,
+    without the sign.
     """
     if N_int is None:
-        if isinstance(n, tuple):
-            n = n[0] + n[1].to(n[0].dtype)
-        h = n + delta.to(n.dtype)
-        return sincg(math.pi * h, torch.as_tensor(N, dtype=h.dtype, device=h.device)).to(delta.dtype)
+        return interference(delta, torch.as_tensor(N, device=delta.device).to(delta.dtype))
     s = torch.sin(math.pi * delta)
     zero = delta == 0
     safe = torch.where(zero, torch.ones_like(s), s)
@@ -133,4 +177,34 @@ def lattice_factor_reduced(dh, dk, dl, h0, k0, l0, shape: int, N, recip, fudge, 
             F = f if F is None else F * f
         return torch.ones_like(dh) if F is None else F
     zero = torch.zeros_like(dh)
-    return lattice_factor(dh, dk, dl, zero, zero, zero, shape, N, recip, fudge, c_sinc3)
+    return lattice_factor_direct(dh, dk, dl, zero, zero, zero, shape, N, recip, fudge, c_sinc3)
+
+
+def lattice_factor(miller, cry, c_sinc3: bool = False):
+    """Stage: F_latt of every evaluation, (P, T, S, K, F, M), in the compute dtype.
+
+    ``miller`` holds the fractional indices ``hkl`` (or None), their nearest
+    nodes ``nodes`` and the offsets ``offsets`` in the compute dtype (or
+    None); ``cry`` the crystal (N, N_int, shape, recip, fudge); see
+    :class:`torchsim.kernel.MillerIndices` and :class:`torchsim.kernel.Crystal`.
+
+    The form:
+
+    * whole N (``cry.N_int``) with the indices in the compute dtype: C's form
+      on the whole index, bit for bit as the reference;
+    * whole N with offsets (low precision): the signed reduced form, equal to
+      C's up to rounding;
+    * N a free parameter (``N_int`` None, or N requiring a gradient): the
+      real-N form :func:`interference`, smooth in N; its dI/dN is finite
+      everywhere (C's form would give the derivative of a pole).
+    """
+    N_int = cry.N_int
+    if torch.is_grad_enabled() and isinstance(cry.N, torch.Tensor) and cry.N.requires_grad:
+        N_int = None                       # the exact whole-N paths carry no gradient in N
+    if miller.offsets is None and N_int is not None:
+        h, k, l = miller.hkl
+        h0, k0, l0 = miller.nodes
+        return lattice_factor_direct(h, k, l, h0, k0, l0, cry.shape, cry.N, cry.recip, cry.fudge, c_sinc3)
+    dh, dk, dl = miller.node_offsets()
+    h0, k0, l0 = miller.nodes
+    return lattice_factor_reduced(dh, dk, dl, h0, k0, l0, cry.shape, cry.N, cry.recip, cry.fudge, N_int, c_sinc3)

@@ -83,3 +83,31 @@ def tricubic_F(h, k, l, Fhkl, hkl_min, valid):
     along_l = (sub * wl[..., None, None, :]).sum(-1)          # (..., 4, 4)
     along_k = (along_l * wk[..., None, :]).sum(-1)            # (..., 4)
     return (along_k * wh).sum(-1)
+
+
+def structure_factor(hkl, nodes, sf, use_interp=None):
+    """Stage: F_cell of every evaluation, (P, T, S, K, F, M).
+
+    ``hkl``: fractional (h, k, l) (needed only for interpolation); ``nodes``:
+    the nearest nodes (h0, k0, l0) as whole-valued tensors (needed only with
+    a table); ``sf``: the :class:`torchsim.kernel.Factors`; ``use_interp``:
+    where interpolation is wanted (the parity cut), with ``sf.interpolate``.
+
+    Without a table every reflection has the amplitude default_F: returns
+    None (the caller multiplies by the constant).  With one, the nearest
+    node's entry (default_F outside the table), or under interpolation the
+    tricubic value wherever the 4x4x4 neighbourhood lies inside the table.
+    Returns (F_cell or None, the out-of-grid mask or None without
+    interpolation).
+    """
+    F_near = None
+    if sf.has_table:
+        h0, k0, l0 = nodes
+        F_near = nearest_F(h0.long(), k0.long(), l0.long(), sf.Fhkl, sf.hkl_min, sf.hkl_max, sf.default_F, True)
+    if not sf.interpolate:
+        return F_near, None
+    h, k, l = hkl
+    off_grid = outside_interpolation_grid(h, k, l, sf.hkl_min, sf.hkl_max)
+    interp_ok = use_interp & ~off_grid
+    F_interp = tricubic_F(h, k, l, sf.Fhkl, sf.hkl_min, interp_ok)
+    return torch.where(interp_ok, F_interp, F_near), off_grid
