@@ -43,6 +43,7 @@ from collections import namedtuple
 
 import numpy as np
 from numba import njit, prange
+from numba.core.cpu import CPUTargetOptions
 
 # Compiler options for every kernel function: cached on disk, and C's IEEE
 # arithmetic (x / 0 gives inf or nan, no Python exception check per division).
@@ -50,9 +51,12 @@ JIT = dict(cache=True, error_model="numpy")
 # The pixel function allocates nothing, so it runs without Numba's reference
 # counting: each stage inlined into the loop receives copies of the scene's
 # tuples of arrays, and counting the references of those copies (atomic
-# operations the optimizer cannot always remove) cost 5-10% of the run time.
-# Functions it calls are compiled the same way, so they must not allocate.
-NO_REFCOUNT = dict(JIT, _nrt=False)
+# operations the optimizer cannot always remove) made the loop measurably
+# slower than the same arithmetic written out in one function.  Functions it
+# calls are compiled the same way, so they must not allocate.
+# (``_nrt`` is a Numba option without a public name; where it is gone, the
+# pixel function is compiled like the others, only slower.)
+NO_REFCOUNT = dict(JIT, _nrt=False) if hasattr(CPUTargetOptions, "_nrt") else JIT
 
 SQUARE, ROUND, GAUSS, TOPHAT = 0, 1, 2, 3
 
