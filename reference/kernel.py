@@ -22,7 +22,8 @@ Per pixel the solid angle, polarization and capture fraction are computed
 once (at the first sub-pixel, first source, and first sub-pixel of each
 layer) and reused, as C does, unless an ``-oversample_*`` flag asks for them
 per sub-pixel.  The stages are inlined into the loop (``inline="always"``),
-so the split costs no time.
+which runs without reference counting (:data:`NO_REFCOUNT`), so splitting
+the arithmetic into functions does not slow it down.
 
 Frames and units: lab frame, metres for positions, 1/metre for the
 scattering vector; direct cell vectors in metres, so ``h = a . s`` is

@@ -1,9 +1,26 @@
 """From a :class:`Config` to a fully derived scene: detector, crystal, sources.
 
-This is the set-up stage of the C program, step for step and in its order:
-sampling auto-selection, detector conventions and pivots, the unit cell and
-its orientation, crystal size, structure factors, sources and mosaic domains.
-It prints the same summary the C program prints so that users can compare.
+This is the set-up stage of the C program, step for step and in its order,
+which is also the order of the lines it prints and of the errors it stops
+at (:func:`build_scene` runs the stages):
+
+* the request: :func:`detector_size`, :func:`fluence_and_sample`,
+  :func:`region_of_interest`;
+* the detector's frame by convention (axes, beam, pivot, beam centre):
+  :func:`detector_frame`;
+* sampling: phi steps, :func:`divergence_and_dispersion`,
+  :func:`sensor_layers`, :func:`mosaic_domain_count`;
+* detector placement by pivot, rotations and two-theta:
+  :func:`place_detector`;
+* the crystal: :func:`interpolation_choice`, the unit cell and its
+  orientation (:func:`reference.crystal.build_cell`), :func:`crystal_size`,
+  :func:`oversampling`;
+* structure factors (:mod:`reference.structure_factors`), sources
+  (:mod:`reference.sources`) and mosaic domains
+  (:func:`reference.crystal.mosaic_domain_matrices`);
+* fluence and background: :func:`water_background`;
+* the summary C prints: :func:`echo_summary`.
+
 All lengths are metres, angles radians, reciprocal lengths per metre unless
 a name says otherwise.
 """
@@ -140,83 +157,6 @@ class _Log:
         self.lines.append(text)
         if self.echo:
             print(text)
-
-
-def _auto_steps(steps, rng, step, user_range_default):
-    """C's rule for (number of steps, range, step) when some are not given.
-
-    Used for divergence and dispersion; -1 (or <=0) means "not given".
-    """
-    if steps <= 0:
-        if rng < 0.0:
-            if step <= 0.0:
-                return 1, 0.0, 0.0
-            return 2, step, step
-        if step <= 0.0:
-            return 2, rng, rng
-        return math.ceil(rng / step), rng, step
-    if rng < 0.0:
-        if step <= 0.0:
-            return steps, user_range_default, user_range_default / steps
-        return 2, step, step
-    if step <= 0.0:
-        if steps <= 1:
-            steps = 2
-        return steps, rng, rng / (steps - 1)
-    return steps, rng, step
-
-
-def _phi_steps(cfg):
-    """C's rule for phi steps, oscillation range and step size."""
-    phisteps, osc, phistep = cfg.phisteps, cfg.osc, cfg.phistep
-    if phisteps < 0:
-        if osc < 0.0:
-            if phistep <= 0.0:
-                return 1, 0.0, 0.0
-            return 2, phistep, phistep
-        if phistep <= 0.0:
-            return 2, osc, osc / 2.0
-        return math.ceil(osc / phistep), osc, phistep
-    if phisteps == 0:
-        phisteps = 1
-    if osc < 0.0:
-        if phistep <= 0.0:
-            osc = 1.0 / RTD
-            return phisteps, osc, osc / phisteps
-        return 2, phistep, phistep
-    if phistep < 0.0:
-        return phisteps, osc, osc / phisteps
-    return phisteps, osc, phistep
-
-
-def _thickness(cfg, parity):
-    """Sensor layers: (layers, thickness, layer spacing)."""
-    steps, thick, step = cfg.detector_thicksteps, cfg.detector_thick, cfg.detector_thickstep
-    if steps <= 0:
-        if thick < 0.0:
-            if step <= 0.0:
-                steps, thick, step = 1, 0.0, 0.0
-            else:
-                steps, thick = 2, step
-        elif step <= 0.0:
-            steps = 2
-            step = thick / steps
-        else:
-            steps = math.ceil(thick / step)
-    else:
-        if thick < 0.0:
-            if step <= 0.0:
-                thick = 0.5e-6
-                step = thick / steps
-            else:
-                steps, thick = 2, step
-        elif step <= 0.0:
-            if steps <= 1:
-                steps = 2
-            # C spaces the layers by thick/(steps-1), so they reach past the
-            # back of the sensor; spec mode divides the sensor evenly.
-            step = thick / (steps - 1) if parity else thick / steps
-    return steps, thick, step
 
 
 # --------------------------------------------------------------------------
@@ -432,6 +372,83 @@ def _check_crystal_inputs(cfg: Config) -> bool:
 # --------------------------------------------------------------------------
 # sampling: phi steps, divergence, dispersion, sensor layers, mosaic domains
 # --------------------------------------------------------------------------
+
+def _auto_steps(steps, rng, step, user_range_default):
+    """C's rule for (number of steps, range, step) when some are not given.
+
+    Used for divergence and dispersion; -1 (or <=0) means "not given".
+    """
+    if steps <= 0:
+        if rng < 0.0:
+            if step <= 0.0:
+                return 1, 0.0, 0.0
+            return 2, step, step
+        if step <= 0.0:
+            return 2, rng, rng
+        return math.ceil(rng / step), rng, step
+    if rng < 0.0:
+        if step <= 0.0:
+            return steps, user_range_default, user_range_default / steps
+        return 2, step, step
+    if step <= 0.0:
+        if steps <= 1:
+            steps = 2
+        return steps, rng, rng / (steps - 1)
+    return steps, rng, step
+
+
+def phi_steps(cfg):
+    """C's rule for phi steps, oscillation range and step size."""
+    phisteps, osc, phistep = cfg.phisteps, cfg.osc, cfg.phistep
+    if phisteps < 0:
+        if osc < 0.0:
+            if phistep <= 0.0:
+                return 1, 0.0, 0.0
+            return 2, phistep, phistep
+        if phistep <= 0.0:
+            return 2, osc, osc / 2.0
+        return math.ceil(osc / phistep), osc, phistep
+    if phisteps == 0:
+        phisteps = 1
+    if osc < 0.0:
+        if phistep <= 0.0:
+            osc = 1.0 / RTD
+            return phisteps, osc, osc / phisteps
+        return 2, phistep, phistep
+    if phistep < 0.0:
+        return phisteps, osc, osc / phisteps
+    return phisteps, osc, phistep
+
+
+def _thickness(cfg, parity):
+    """Sensor layers: (layers, thickness, layer spacing)."""
+    steps, thick, step = cfg.detector_thicksteps, cfg.detector_thick, cfg.detector_thickstep
+    if steps <= 0:
+        if thick < 0.0:
+            if step <= 0.0:
+                steps, thick, step = 1, 0.0, 0.0
+            else:
+                steps, thick = 2, step
+        elif step <= 0.0:
+            steps = 2
+            step = thick / steps
+        else:
+            steps = math.ceil(thick / step)
+    else:
+        if thick < 0.0:
+            if step <= 0.0:
+                thick = 0.5e-6
+                step = thick / steps
+            else:
+                steps, thick = 2, step
+        elif step <= 0.0:
+            if steps <= 1:
+                steps = 2
+            # C spaces the layers by thick/(steps-1), so they reach past the
+            # back of the sensor; spec mode divides the sensor evenly.
+            step = thick / (steps - 1) if parity else thick / steps
+    return steps, thick, step
+
 
 def divergence_and_dispersion(cfg: Config) -> tuple:
     """((steps, range, step) horizontal, vertical, spectral); a zero range is one step of 0.
@@ -744,7 +761,7 @@ def build_scene(cfg: Config, echo: bool = True, stage=None) -> Scene:
     dump_exists = _check_crystal_inputs(cfg)
 
     # ---- sampling ----
-    phisteps, osc, phistep = _phi_steps(cfg)
+    phisteps, osc, phistep = phi_steps(cfg)
     (hdivsteps, hdivrange, hdivstep), (vdivsteps, vdivrange, vdivstep), (dispsteps, dispersion, dispstep) = \
         divergence_and_dispersion(cfg)
     thicksteps, thick, thickstep, mu = sensor_layers(cfg, parity, log)
