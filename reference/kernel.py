@@ -2,10 +2,28 @@
 
 Loop order, outermost first (as in C): pixel row (parallel), pixel column,
 sensor layer, sub-pixel row, sub-pixel column, source, phi step, mosaic
-domain.  Per pixel the solid angle, polarization and capture fraction are
-computed once (at the first sub-pixel, first source, and first sub-pixel of
-each layer) and reused, as C does, unless an ``-oversample_*`` flag asks for
-them per sub-pixel.
+domain (:func:`render_pixel`).  Each quantity of one evaluation has one
+function, in the order the loop computes them:
+
+1. :func:`pixel_position`: where a sub-pixel of a sensor layer sits;
+2. :func:`scattering_vector`: diffracted and incident directions, the
+   scattering vector S and sin(theta)/lambda (with :func:`beyond_resolution`,
+   the ``-dmin`` cut);
+3. :func:`miller_indices`: fractional h, k, l and the nearest node;
+4. :func:`lattice_factor`: F_latt, the crystal's interference function;
+5. :func:`structure_factor`: F_cell (nearest node, tricubic, default_F);
+6. :func:`solid_angle`: omega;
+7. :func:`polarization_factor`: the Kahn polarization factor;
+8. :func:`capture_fraction`: the share of photons a sensor layer absorbs;
+9. :func:`accumulate` and :func:`pixel_value`: the running sums and the
+   factors that multiply them.
+
+Per pixel the solid angle, polarization and capture fraction are computed
+once (at the first sub-pixel, first source, and first sub-pixel of each
+layer) and reused, as C does, unless an ``-oversample_*`` flag asks for them
+per sub-pixel.  The stages are inlined into the loop (``inline="always"``),
+which runs without reference counting (:data:`NO_REFCOUNT`), so splitting
+the arithmetic into functions does not slow it down.
 
 Frames and units: lab frame, metres for positions, 1/metre for the
 scattering vector; direct cell vectors in metres, so ``h = a . s`` is
@@ -26,10 +44,20 @@ from collections import namedtuple
 
 import numpy as np
 from numba import njit, prange
+from numba.core.cpu import CPUTargetOptions
 
 # Compiler options for every kernel function: cached on disk, and C's IEEE
 # arithmetic (x / 0 gives inf or nan, no Python exception check per division).
 JIT = dict(cache=True, error_model="numpy")
+# The pixel function allocates nothing, so it runs without Numba's reference
+# counting: each stage inlined into the loop receives copies of the scene's
+# tuples of arrays, and counting the references of those copies (atomic
+# operations the optimizer cannot always remove) made the loop measurably
+# slower than the same arithmetic written out in one function.  Functions it
+# calls are compiled the same way, so they must not allocate.
+# (``_nrt`` is a Numba option without a public name; where it is gone, the
+# pixel function is compiled like the others, only slower.)
+NO_REFCOUNT = dict(JIT, _nrt=False) if hasattr(CPUTargetOptions, "_nrt") else JIT
 
 SQUARE, ROUND, GAUSS, TOPHAT = 0, 1, 2, 3
 
@@ -72,8 +100,115 @@ Options = namedtuple("Options", [
 ])
 
 
+@njit(inline="always", **JIT)
+def _unitize(x, y, z):
+    """(length, unit vector) of (x, y, z); the zero vector's unit vector is zero."""
+    m = math.sqrt(x * x + y * y + z * z)
+    if m != 0.0:
+        return m, x / m, y / m, z / m
+    return m, 0.0, 0.0, 0.0
+
+
+@njit(inline="always", **JIT)
+def _rotate_axis(v0, v1, v2, ax, phi):
+    """(v0, v1, v2) rotated by ``phi`` radians about the unit vector ``ax`` (Rodrigues)."""
+    s, c = math.sin(phi), math.cos(phi)
+    d = (ax[0] * v0 + ax[1] * v1 + ax[2] * v2) * (1.0 - c)
+    return (ax[0] * d + v0 * c + (-ax[2] * v1 + ax[1] * v2) * s,
+            ax[1] * d + v1 * c + (+ax[2] * v0 - ax[0] * v2) * s,
+            ax[2] * d + v2 * c + (-ax[1] * v0 + ax[0] * v1) * s)
+
+
 # --------------------------------------------------------------------------
-# lattice transforms
+# 1. pixel position
+# --------------------------------------------------------------------------
+
+@njit(inline="always", **JIT)
+def pixel_is_rendered(spixel, fpixel, det):
+    """Whether the loop renders this pixel: inside the ROI (inclusive bounds), mask non-zero."""
+    if fpixel < det.roi[0] or fpixel > det.roi[1] or spixel < det.roi[2] or spixel > det.roi[3]:
+        return False
+    return not (det.has_mask and det.mask[spixel, fpixel] == 0)
+
+
+@njit(inline="always", **JIT)
+def pixel_position(spixel, fpixel, subS, subF, layer, det):
+    """Lab position (m) of the centre of one sub-pixel, at the front of one sensor layer.
+
+    A pixel is cut into ``oversample`` x ``oversample`` sub-pixels; ``layer``
+    lies ``layer x thickstep`` behind the detector face, along odet.  On a
+    curved detector every position is at the same distance: the flat
+    position's lab y and z, over the distance, become rotations of
+    distance x beam about sdet and fdet.
+    """
+    n_over = det.oversample
+    sub = det.pixel_size / n_over
+    Fdet = sub * (fpixel * n_over + subF) + sub / 2.0
+    Sdet = sub * (spixel * n_over + subS) + sub / 2.0
+    Odet = layer * det.thickstep
+    fdet, sdet, odet, pix0 = det.fdet, det.sdet, det.odet, det.pix0
+    p0 = Fdet * fdet[0] + Sdet * sdet[0] + Odet * odet[0] + pix0[0]
+    p1 = Fdet * fdet[1] + Sdet * sdet[1] + Odet * odet[1] + pix0[1]
+    p2 = Fdet * fdet[2] + Sdet * sdet[2] + Odet * odet[2] + pix0[2]
+    if det.curved:
+        D = det.distance
+        v0, v1, v2 = _rotate_axis(D * det.beam[0], D * det.beam[1], D * det.beam[2], sdet, p1 / D)
+        p0, p1, p2 = _rotate_axis(v0, v1, v2, fdet, p2 / D)
+    return p0, p1, p2
+
+
+# --------------------------------------------------------------------------
+# 2. scattering vector
+# --------------------------------------------------------------------------
+
+@njit(inline="always", **JIT)
+def diffracted_direction(p0, p1, p2):
+    """(airpath, d): distance (m) from the sample to a position, and the unit vector to it."""
+    return _unitize(p0, p1, p2)
+
+
+@njit(inline="always", **JIT)
+def scattering_vector(d0, d1, d2, beam, source):
+    """Incident direction i, scattering vector S (1/m) and stol for one source.
+
+    i is the unit vector from the source to the sample (the beam's
+    ``directions`` point the other way); S = (d - i) / lambda for the
+    diffracted direction d; stol = |S| / 2 = sin(theta) / lambda.
+    Returns (i0, i1, i2, S0, S1, S2, stol).
+    """
+    lam = beam.wavelengths[source]
+    i0, i1, i2 = -beam.directions[source, 0], -beam.directions[source, 1], -beam.directions[source, 2]
+    s0, s1, s2 = (d0 - i0) / lam, (d1 - i1) / lam, (d2 - i2) / lam
+    stol = 0.5 * math.sqrt(s0 * s0 + s1 * s1 + s2 * s2)
+    return i0, i1, i2, s0, s1, s2, stol
+
+
+@njit(inline="always", **JIT)
+def beyond_resolution(stol, dmin):
+    """The -dmin cut: the lattice spacing 1 / (2 stol) probed is finer than ``dmin`` (m)."""
+    return dmin > 0.0 and stol > 0.0 and dmin > 0.5 / stol
+
+
+# --------------------------------------------------------------------------
+# 3. Miller indices
+# --------------------------------------------------------------------------
+
+@njit(inline="always", **JIT)
+def miller_indices(cells, phi, domain, s0, s1, s2):
+    """Fractional (h, k, l) = (a.S, b.S, c.S) and the nearest node (h0, k0, l0).
+
+    ``cells[phi, domain]`` (3, 3) holds the cell vectors a, b, c (m) as rows
+    for one phi step and mosaic domain.  The nearest node is C's
+    ceil(x - 0.5): a half-integer goes down.
+    """
+    h = cells[phi, domain, 0, 0] * s0 + cells[phi, domain, 0, 1] * s1 + cells[phi, domain, 0, 2] * s2
+    k = cells[phi, domain, 1, 0] * s0 + cells[phi, domain, 1, 1] * s1 + cells[phi, domain, 1, 2] * s2
+    l = cells[phi, domain, 2, 0] * s0 + cells[phi, domain, 2, 1] * s1 + cells[phi, domain, 2, 2] * s2
+    return h, k, l, int(math.ceil(h - 0.5)), int(math.ceil(k - 0.5)), int(math.ceil(l - 0.5))
+
+
+# --------------------------------------------------------------------------
+# 4. lattice factor
 # --------------------------------------------------------------------------
 
 @njit(inline="always", **JIT)
@@ -128,7 +263,7 @@ def lattice_factor(h, k, l, h0, k0, l0, lat):
 
 
 # --------------------------------------------------------------------------
-# structure factors
+# 5. structure factor
 # --------------------------------------------------------------------------
 
 @njit(inline="always", **JIT)
@@ -141,30 +276,39 @@ def _lagrange4(xa0, xa1, xa2, xa3, y0, y1, y2, y3, x):
     return t0 + t1 + t2 + t3
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
+def _cubic_through_nodes(n, y0, y1, y2, y3, x):
+    """The cubic through (n - 1, y0), (n, y1), (n + 1, y2), (n + 2, y3), at x."""
+    return _lagrange4(float(n - 1), float(n), float(n + 1), float(n + 2), y0, y1, y2, y3, x)
+
+
+@njit(inline="always", **JIT)
+def _cubic_along_l(F, i, j, il, lf, l):
+    """F interpolated along l at table row (i, j), from the 4 nodes starting at index il."""
+    return _cubic_through_nodes(lf, F[i, j, il], F[i, j, il + 1], F[i, j, il + 2], F[i, j, il + 3], l)
+
+
+@njit(inline="always", **JIT)
+def _cubic_along_kl(F, i, ik, il, kf, lf, k, l):
+    """F interpolated at (k, l) in table plane i, from the 4 x 4 nodes starting at (ik, il)."""
+    return _cubic_through_nodes(kf, _cubic_along_l(F, i, ik, il, lf, l), _cubic_along_l(F, i, ik + 1, il, lf, l),
+                                _cubic_along_l(F, i, ik + 2, il, lf, l), _cubic_along_l(F, i, ik + 3, il, lf, l), k)
+
+
+@njit(inline="always", **JIT)
 def tricubic_F(h, k, l, sf):
-    """Tricubic Lagrange interpolation of F over the 4x4x4 nodes around (h, k, l)."""
+    """Tricubic Lagrange interpolation of F over the 4x4x4 nodes around (h, k, l).
+
+    The nodes are floor(x) - 1 ... floor(x) + 2 along each index; F is
+    interpolated along l, then k, then h.
+    """
     hf, kf, lf = int(np.floor(h)), int(np.floor(k)), int(np.floor(l))
-    hm, km, lm = sf.hkl_min[0], sf.hkl_min[1], sf.hkl_min[2]
-    hx = np.empty(4)
-    kx = np.empty(4)
-    lx = np.empty(4)
-    for i in range(4):
-        hx[i] = hf - 1 + i
-        kx[i] = kf - 1 + i
-        lx[i] = lf - 1 + i
+    ih, ik, il = hf - 1 - sf.hkl_min[0], kf - 1 - sf.hkl_min[1], lf - 1 - sf.hkl_min[2]
     F = sf.Fhkl
-    along_h = np.empty(4)
-    along_k = np.empty(4)
-    il = lf - 1 - lm
-    for i in range(4):
-        ih = hf - 1 + i - hm
-        for j in range(4):
-            ik = kf - 1 + j - km
-            along_k[j] = _lagrange4(lx[0], lx[1], lx[2], lx[3],
-                                    F[ih, ik, il], F[ih, ik, il + 1], F[ih, ik, il + 2], F[ih, ik, il + 3], l)
-        along_h[i] = _lagrange4(kx[0], kx[1], kx[2], kx[3], along_k[0], along_k[1], along_k[2], along_k[3], k)
-    return _lagrange4(hx[0], hx[1], hx[2], hx[3], along_h[0], along_h[1], along_h[2], along_h[3], h)
+    return _cubic_through_nodes(hf, _cubic_along_kl(F, ih, ik, il, kf, lf, k, l),
+                                _cubic_along_kl(F, ih + 1, ik, il, kf, lf, k, l),
+                                _cubic_along_kl(F, ih + 2, ik, il, kf, lf, k, l),
+                                _cubic_along_kl(F, ih + 3, ik, il, kf, lf, k, l), h)
 
 
 @njit(inline="always", **JIT)
@@ -187,18 +331,52 @@ def outside_interpolation_grid(h, k, l, sf):
             or (l - sf.hkl_min[2] + 3) > l_range or (l - 2) < sf.hkl_min[2])
 
 
+@njit(inline="always", **JIT)
+def interpolates(pix, n_eval, sf, opt):
+    """Whether evaluation ``n_eval`` of pixel ``pix`` interpolates F.
+
+    -interpolate asks for it; under -c_parity it stops for the rest of the run
+    at the run's first out-of-table evaluation (quirk c), which a first pass
+    finds: (``cut_pixel``, ``cut_eval``) in raster order.
+    """
+    return sf.interpolate != 0 and (pix < opt.cut_pixel or (pix == opt.cut_pixel and n_eval < opt.cut_eval))
+
+
+@njit(inline="always", **JIT)
+def structure_factor(h, k, l, h0, k0, l0, sf, interpolate):
+    """F_cell at fractional (h, k, l), and whether interpolation fell back.
+
+    With ``interpolate``: tricubic interpolation over the 4x4x4 nodes around
+    (h, k, l), or, where that neighbourhood may leave the table, the nearest
+    node (the second value is then True).  Without: the nearest node's F;
+    default_F off the table or without one.
+    """
+    if interpolate:
+        if not outside_interpolation_grid(h, k, l, sf):
+            return tricubic_F(h, k, l, sf), False
+        return nearest_F(h0, k0, l0, sf), True
+    return nearest_F(h0, k0, l0, sf), False
+
+
 # --------------------------------------------------------------------------
-# per-pixel geometric factors
+# 6. solid angle
 # --------------------------------------------------------------------------
 
 @njit(inline="always", **JIT)
-def _rotate_axis(v0, v1, v2, ax, phi):
-    s, c = math.sin(phi), math.cos(phi)
-    d = (ax[0] * v0 + ax[1] * v1 + ax[2] * v2) * (1.0 - c)
-    return (ax[0] * d + v0 * c + (-ax[2] * v1 + ax[1] * v2) * s,
-            ax[1] * d + v1 * c + (+ax[2] * v0 - ax[0] * v2) * s,
-            ax[2] * d + v2 * c + (-ax[1] * v0 + ax[0] * v1) * s)
+def solid_angle(airpath, det):
+    """omega (sr): the pixel seen from the sample, for a sub-pixel ``airpath`` (m) away.
 
+    pixel_size^2 / airpath^2 times the obliquity close_distance / airpath;
+    -point_pixel drops area and obliquity: 1 / airpath^2.
+    """
+    if det.point_pixel:
+        return 1.0 / airpath / airpath
+    return det.pixel_size * det.pixel_size / airpath / airpath * det.close_distance / airpath
+
+
+# --------------------------------------------------------------------------
+# 7. polarization factor
+# --------------------------------------------------------------------------
 
 @njit(**JIT)
 def polarization_factor(kahn, i0, i1, i2, d0, d1, d2, axis):
@@ -213,31 +391,144 @@ def polarization_factor(kahn, i0, i1, i2, d0, d1, d2, axis):
     psi = 0.0
     if kahn != 0.0:
         # B = axis x incident, E = incident x B, both unit
-        b0 = axis[1] * i2 - axis[2] * i1
-        b1 = axis[2] * i0 - axis[0] * i2
-        b2 = axis[0] * i1 - axis[1] * i0
-        m = math.sqrt(b0 * b0 + b1 * b1 + b2 * b2)
-        if m != 0.0:
-            b0, b1, b2 = b0 / m, b1 / m, b2 / m
-        else:
-            b0, b1, b2 = 0.0, 0.0, 0.0
-        e0 = i1 * b2 - i2 * b1
-        e1 = i2 * b0 - i0 * b2
-        e2 = i0 * b1 - i1 * b0
-        m = math.sqrt(e0 * e0 + e1 * e1 + e2 * e2)
-        if m != 0.0:
-            e0, e1, e2 = e0 / m, e1 / m, e2 / m
-        else:
-            e0, e1, e2 = 0.0, 0.0, 0.0
+        _, b0, b1, b2 = _unitize(axis[1] * i2 - axis[2] * i1, axis[2] * i0 - axis[0] * i2, axis[0] * i1 - axis[1] * i0)
+        _, e0, e1, e2 = _unitize(i1 * b2 - i2 * b1, i2 * b0 - i0 * b2, i0 * b1 - i1 * b0)
         psi = -math.atan2(d0 * b0 + d1 * b1 + d2 * b2, d0 * e0 + d1 * e1 + d2 * e2)
     return 0.5 * (1.0 + cos2t_sqr - kahn * math.cos(2 * psi) * sin2t_sqr)
 
 
 # --------------------------------------------------------------------------
-# one pixel
+# 8. capture fraction
 # --------------------------------------------------------------------------
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
+def capture_fraction(layer, d0, d1, d2, det):
+    """Share of the photons along the unit vector d that sensor layer ``layer`` absorbs.
+
+    Beer-Lambert between the layer's front and back faces, the path through
+    the sensor lengthened by the parallax 1 / (d . odet):
+    exp(-t dt mu / parallax) - exp(-(t + 1) dt mu / parallax) with dt = thickstep.
+    """
+    parallax = d0 * det.odet[0] + d1 * det.odet[1] + d2 * det.odet[2]
+    return (math.exp(-layer * det.thickstep * det.mu / parallax)
+            - math.exp(-(layer + 1) * det.thickstep * det.mu / parallax))
+
+
+# --------------------------------------------------------------------------
+# 9. accumulation
+# --------------------------------------------------------------------------
+# omega, polar and the capture fraction are cached per pixel, as C does: each
+# is computed where it is still 0 (at the pixel's first sub-pixel and source;
+# the capture fraction at each layer's first sub-pixel), then reused, unless
+# its -oversample_omega/_polar/_thick flag asks for it per sub-pixel.  A factor
+# asked per sub-pixel multiplies in accumulate(); the others once per pixel,
+# in pixel_value().
+
+@njit(inline="always", **JIT)
+def accumulate(term, weight, capfrac, polar, omega, I_run, I_layer, opt):
+    """Add one evaluation's ``term`` = F_cell^2 F_latt^2 to the pixel's sums.
+
+    Returns (I_run, I_layer).  -c_parity: C's running sum ``I_run`` gains the
+    term, then the per-sub-pixel factors multiply the whole sum (quirk b).
+    Spec mode: they multiply the term, which is weighted by its source's
+    ``weight`` and added to ``I_layer``, one sensor layer's photons.
+    """
+    if opt.parity:
+        I_run += term
+        if opt.over_thick:
+            I_run *= capfrac
+        if opt.over_polar:
+            I_run *= polar
+        if opt.over_omega:
+            I_run *= omega
+    else:
+        if opt.over_thick:
+            term *= capfrac
+        if opt.over_polar:
+            term *= polar
+        if opt.over_omega:
+            term *= omega
+        I_layer += term * weight
+    return I_run, I_layer
+
+
+@njit(inline="always", **JIT)
+def add_layer(I, I_layer, capfrac, opt):
+    """Spec mode: a sensor layer's photons, weighted by that layer's own capture fraction.
+
+    (Under -oversample_thick the terms already carry it.)
+    """
+    return I + (I_layer if opt.over_thick else I_layer * capfrac)
+
+
+@njit(inline="always", **JIT)
+def pixel_value(I, I_run, capfrac, polar, omega, capsum, polar_first, omega_first, opt):
+    """Photons in the pixel: the sums times the factors cached per pixel, times ``opt.scale``.
+
+    ``opt.scale`` is r_e^2 x fluence / steps.  -c_parity: C's running sum
+    (background included) times the last cached capture fraction (the last
+    layer's, for every layer: quirk g), polar and omega.  Spec mode: the Bragg
+    sum ``I`` times the cached polar and omega, plus the water background
+    times the pixel's first cached factors (``capsum``: the layers' capture
+    fractions), whatever the flags.
+    """
+    if opt.parity:
+        value = opt.scale * I_run
+        if not opt.over_thick:
+            value *= capfrac
+        if not opt.over_polar:
+            value *= polar
+        if not opt.over_omega:
+            value *= omega
+        return value
+    bragg = I
+    if not opt.over_polar:
+        bragg *= polar
+    if not opt.over_omega:
+        bragg *= omega
+    return opt.scale * (bragg + opt.I_bg * capsum * polar_first * omega_first)
+
+
+# --------------------------------------------------------------------------
+# tracing (-trace_pixel): the intermediates of the last evaluation
+# --------------------------------------------------------------------------
+
+@njit(inline="always", **JIT)
+def _trace_evaluation(trace, h, k, l, h0, k0, l0, F_latt, F_cell, cells, phi, domain):
+    trace[T_HKL], trace[T_HKL + 1], trace[T_HKL + 2] = h, k, l
+    trace[T_HKL0], trace[T_HKL0 + 1], trace[T_HKL0 + 2] = h0, k0, l0
+    trace[T_FLATT], trace[T_FCELL] = F_latt, F_cell
+    for j in range(3):
+        for q in range(3):
+            trace[T_ABC + 3 * j + q] = cells[phi, domain, j, q]
+
+
+@njit(inline="always", **JIT)
+def _trace_source(trace, s0, s1, s2, stol, lam):
+    trace[T_SCAT], trace[T_SCAT + 1], trace[T_SCAT + 2] = s0, s1, s2
+    trace[T_STOL], trace[T_LAMBDA] = stol, lam
+
+
+@njit(inline="always", **JIT)
+def _trace_subpixel(trace, p0, p1, p2, d0, d1, d2, airpath):
+    trace[T_POS], trace[T_POS + 1], trace[T_POS + 2] = p0, p1, p2
+    trace[T_DIFF], trace[T_DIFF + 1], trace[T_DIFF + 2] = d0, d1, d2
+    trace[T_AIR] = airpath
+
+
+@njit(inline="always", **JIT)
+def _trace_pixel(trace, omega, polar, capfrac, I_sum, value, n_eval):
+    trace[T_OMEGA], trace[T_POLAR], trace[T_CAP] = omega, polar, capfrac
+    trace[T_I] = I_sum
+    trace[T_VALUE] = value
+    trace[T_NEVAL] = n_eval
+
+
+# --------------------------------------------------------------------------
+# one pixel: the loop nest
+# --------------------------------------------------------------------------
+
+@njit(**NO_REFCOUNT)
 def render_pixel(spixel, fpixel, det, beam, lat, sf, opt, trace, oob):
     """Photons in one pixel; also returns the summed solid angle (for statistics).
 
@@ -247,167 +538,79 @@ def render_pixel(spixel, fpixel, det, beam, lat, sf, opt, trace, oob):
     """
     pix = spixel * det.fpixels + fpixel
     do_trace = trace.shape[0] > 0
-    pixel_size = det.pixel_size
-    n_over = det.oversample
-    sub = pixel_size / n_over
-    fdet, sdet, odet, pix0 = det.fdet, det.sdet, det.odet, det.pix0
-    src, lam_of, scale_of = beam.directions, beam.wavelengths, beam.scales
-    nsrc = src.shape[0]
-    nphi = lat.abc_later.shape[0]
-    nmos = lat.abc_later.shape[1]
+    nphi, ndomains = lat.abc_later.shape[0], lat.abc_later.shape[1]
     parity = opt.parity
 
-    I = 0.0                 # Bragg sum (spec: weighted by per-layer capture)
-    I_run = opt.I_bg        # C's running sum (parity)
-    polar = 1.0 if beam.nopolar else 0.0
+    I = 0.0                 # spec: Bragg photons, each layer weighted by its capture fraction
+    I_run = opt.I_bg        # parity: C's running sum, which starts at the background
+    # the factors cached per pixel (0: not computed yet), and their first values (spec background)
     omega = 0.0
-    omega_sum = 0.0
-    omega_first = 0.0       # the per-pixel cached values, for the background (spec)
-    polar_first = polar
-    capsum = 0.0
+    polar = 1.0 if beam.nopolar else 0.0
     capfrac = 0.0
+    omega_first = 0.0
+    polar_first = polar
+    capsum = 0.0            # the layers' cached capture fractions
+    omega_sum = 0.0
     n_eval = 0
-    fresh = pix == opt.first_pixel      # the first phi loop of the run sees the unrotated cell
-    h = k = l = F_latt = F_cell = stol = 0.0
-    h0 = k0 = l0 = 0
-    interp_on = sf.interpolate != 0
+    fresh = pix == opt.first_pixel      # parity: the run's first phi loop sees the unrotated cell
 
     for t in range(det.thicksteps):
-        Odet = t * det.thickstep
         capfrac = 1.0 if det.thick == 0.0 else 0.0
         I_layer = 0.0
-        for subS in range(n_over):
-            for subF in range(n_over):
-                Fdet = sub * (fpixel * n_over + subF) + sub / 2.0
-                Sdet = sub * (spixel * n_over + subS) + sub / 2.0
-                p0 = Fdet * fdet[0] + Sdet * sdet[0] + Odet * odet[0] + pix0[0]
-                p1 = Fdet * fdet[1] + Sdet * sdet[1] + Odet * odet[1] + pix0[1]
-                p2 = Fdet * fdet[2] + Sdet * sdet[2] + Odet * odet[2] + pix0[2]
-                if det.curved:
-                    # every pixel at the same distance: detector coordinates become angles
-                    D = det.distance
-                    v0, v1, v2 = _rotate_axis(D * det.beam[0], D * det.beam[1], D * det.beam[2], sdet, p1 / D)
-                    p0, p1, p2 = _rotate_axis(v0, v1, v2, fdet, p2 / D)
-                airpath = math.sqrt(p0 * p0 + p1 * p1 + p2 * p2)
-                if airpath != 0.0:
-                    d0, d1, d2 = p0 / airpath, p1 / airpath, p2 / airpath
-                else:
-                    d0 = d1 = d2 = 0.0
+        for subS in range(det.oversample):
+            for subF in range(det.oversample):
+                p0, p1, p2 = pixel_position(spixel, fpixel, subS, subF, t, det)
+                airpath, d0, d1, d2 = diffracted_direction(p0, p1, p2)
 
                 if omega == 0.0 or opt.over_omega:
-                    omega = pixel_size * pixel_size / airpath / airpath * det.close_distance / airpath
-                    if det.point_pixel:
-                        omega = 1.0 / airpath / airpath
+                    omega = solid_angle(airpath, det)
                 omega_sum += omega
                 if omega_first == 0.0:
                     omega_first = omega
-
-                # (C recomputes even without a sensor, which zeroes the image: parity only)
+                # (C recomputes even without a sensor, which zeroes the image: parity only, quirk l)
                 if capfrac == 0.0 or (opt.over_thick and (parity or det.thick != 0.0)):
-                    parallax = d0 * odet[0] + d1 * odet[1] + d2 * odet[2]
-                    capfrac = (math.exp(-t * det.thickstep * det.mu / parallax)
-                               - math.exp(-(t + 1) * det.thickstep * det.mu / parallax))
+                    capfrac = capture_fraction(t, d0, d1, d2, det)
                 if subS == 0 and subF == 0:
-                    capsum += capfrac               # the layer's cached fraction (spec mode)
+                    capsum += capfrac
 
-                for s in range(nsrc):
-                    i0, i1, i2 = -src[s, 0], -src[s, 1], -src[s, 2]
-                    lam = lam_of[s]
-                    s0, s1, s2 = (d0 - i0) / lam, (d1 - i1) / lam, (d2 - i2) / lam
-                    stol = 0.5 * math.sqrt(s0 * s0 + s1 * s1 + s2 * s2)
-                    if beam.dmin > 0.0 and stol > 0.0 and beam.dmin > 0.5 / stol:
+                for s in range(beam.directions.shape[0]):
+                    i0, i1, i2, s0, s1, s2, stol = scattering_vector(d0, d1, d2, beam, s)
+                    if beyond_resolution(stol, beam.dmin):
                         continue
-
+                    # (C polarizes under -nopolar -oversample_polar: parity only, quirk k)
                     if polar == 0.0 or (opt.over_polar and (parity or not beam.nopolar)):
                         polar = polarization_factor(beam.kahn, i0, i1, i2, d0, d1, d2, beam.polar_vector)
                         if polar_first == 0.0:
                             polar_first = polar
                         # C renormalises the diffracted vector in place here
-                        m = math.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
-                        if m != 0.0:
-                            d0, d1, d2 = d0 / m, d1 / m, d2 / m
+                        _, d0, d1, d2 = _unitize(d0, d1, d2)
 
-                    table = lat.abc_first if fresh else lat.abc_later
+                    cells = lat.abc_first if fresh else lat.abc_later
                     fresh = False
                     for p in range(nphi):
-                        for m_ in range(nmos):
-                            h = table[p, m_, 0, 0] * s0 + table[p, m_, 0, 1] * s1 + table[p, m_, 0, 2] * s2
-                            k = table[p, m_, 1, 0] * s0 + table[p, m_, 1, 1] * s1 + table[p, m_, 1, 2] * s2
-                            l = table[p, m_, 2, 0] * s0 + table[p, m_, 2, 1] * s1 + table[p, m_, 2, 2] * s2
-                            h0 = int(math.ceil(h - 0.5))
-                            k0 = int(math.ceil(k - 0.5))
-                            l0 = int(math.ceil(l - 0.5))
+                        for m in range(ndomains):
+                            h, k, l, h0, k0, l0 = miller_indices(cells, p, m, s0, s1, s2)
                             F_latt = lattice_factor(h, k, l, h0, k0, l0, lat)
                             if F_latt == 0.0 and opt.water_size == 0.0:
-                                continue
-
-                            use_interp = interp_on and (pix < opt.cut_pixel or (pix == opt.cut_pixel and n_eval < opt.cut_eval))
-                            if use_interp and outside_interpolation_grid(h, k, l, sf):
-                                if oob[0] < 0:
-                                    oob[0], oob[1], oob[2], oob[3] = n_eval, h, k, l
-                                use_interp = False
-                            if use_interp:
-                                F_cell = tricubic_F(h, k, l, sf)
-                            else:
-                                F_cell = nearest_F(h0, k0, l0, sf)
+                                continue            # C's shortcut: not counted as an evaluation
+                            F_cell, fell_back = structure_factor(h, k, l, h0, k0, l0, sf,
+                                                                 interpolates(pix, n_eval, sf, opt))
+                            if fell_back and oob[0] < 0:
+                                oob[0], oob[1], oob[2], oob[3] = n_eval, h, k, l
                             n_eval += 1
-
-                            term = F_cell * F_cell * F_latt * F_latt
-                            if parity:
-                                # C multiplies the running sum, not the term
-                                I_run += term
-                                if opt.over_thick:
-                                    I_run *= capfrac
-                                if opt.over_polar:
-                                    I_run *= polar
-                                if opt.over_omega:
-                                    I_run *= omega
-                            else:
-                                if opt.over_thick:
-                                    term *= capfrac
-                                if opt.over_polar:
-                                    term *= polar
-                                if opt.over_omega:
-                                    term *= omega
-                                I_layer += term * scale_of[s]
+                            I_run, I_layer = accumulate(F_cell * F_cell * F_latt * F_latt, beam.scales[s],
+                                                        capfrac, polar, omega, I_run, I_layer, opt)
                             if do_trace:
-                                trace[T_HKL], trace[T_HKL + 1], trace[T_HKL + 2] = h, k, l
-                                trace[T_HKL0], trace[T_HKL0 + 1], trace[T_HKL0 + 2] = h0, k0, l0
-                                trace[T_FLATT], trace[T_FCELL] = F_latt, F_cell
-                                for j in range(3):
-                                    for q in range(3):
-                                        trace[T_ABC + 3 * j + q] = table[p, m_, j, q]
+                                _trace_evaluation(trace, h, k, l, h0, k0, l0, F_latt, F_cell, cells, p, m)
                     if do_trace:
-                        trace[T_SCAT], trace[T_SCAT + 1], trace[T_SCAT + 2] = s0, s1, s2
-                        trace[T_STOL], trace[T_LAMBDA] = stol, lam
+                        _trace_source(trace, s0, s1, s2, stol, beam.wavelengths[s])
                 if do_trace:
-                    trace[T_POS], trace[T_POS + 1], trace[T_POS + 2] = p0, p1, p2
-                    trace[T_DIFF], trace[T_DIFF + 1], trace[T_DIFF + 2] = d0, d1, d2
-                    trace[T_AIR] = airpath
-        # spec: each layer's photons weighted by that layer's own capture fraction
-        I += I_layer if opt.over_thick else I_layer * capfrac
+                    _trace_subpixel(trace, p0, p1, p2, d0, d1, d2, airpath)
+        I = add_layer(I, I_layer, capfrac, opt)
 
-    if parity:
-        value = opt.scale * I_run
-        if not opt.over_thick:
-            value *= capfrac              # the last layer's fraction, for every layer
-        if not opt.over_polar:
-            value *= polar
-        if not opt.over_omega:
-            value *= omega
-    else:
-        bragg = I
-        if not opt.over_polar:
-            bragg *= polar
-        if not opt.over_omega:
-            bragg *= omega
-        # the background takes the pixel's cached factors, whatever the flags
-        value = opt.scale * (bragg + opt.I_bg * capsum * polar_first * omega_first)
+    value = pixel_value(I, I_run, capfrac, polar, omega, capsum, polar_first, omega_first, opt)
     if do_trace:
-        trace[T_OMEGA], trace[T_POLAR], trace[T_CAP] = omega, polar, capfrac
-        trace[T_I] = I_run if parity else I + opt.I_bg * capsum
-        trace[T_VALUE] = value
-        trace[T_NEVAL] = n_eval
+        _trace_pixel(trace, omega, polar, capfrac, I_run if parity else I + opt.I_bg * capsum, value, n_eval)
     return value, omega_sum
 
 
@@ -421,15 +624,12 @@ def render_rows(image, omega_rows, oob_eval, oob_hkl, det, beam, lat, sf, opt, r
     non-zero.  ``oob_eval``/``oob_hkl`` (per pixel) receive the first
     out-of-table interpolation of that pixel, -1 if none.
     """
-    xmin, xmax, ymin, ymax = det.roi[0], det.roi[1], det.roi[2], det.roi[3]
     no_trace = np.zeros(0)
     for spixel in prange(row_start, row_end):
         row_omega = 0.0
         oob = np.empty(4)
         for fpixel in range(det.fpixels):
-            if fpixel < xmin or fpixel > xmax or spixel < ymin or spixel > ymax:
-                continue
-            if det.has_mask and det.mask[spixel, fpixel] == 0:
+            if not pixel_is_rendered(spixel, fpixel, det):
                 continue
             oob[0] = -1.0
             value, omega_sum = render_pixel(spixel, fpixel, det, beam, lat, sf, opt, no_trace, oob)
@@ -449,36 +649,19 @@ def first_evaluated_pixel(det, beam):
     A phi loop is skipped only when the resolution cut rejects a source, so
     this is the first active pixel with a sub-pixel and source inside -dmin.
     """
-    xmin, xmax, ymin, ymax = det.roi[0], det.roi[1], det.roi[2], det.roi[3]
-    sub = det.pixel_size / det.oversample
     for spixel in range(det.spixels):
         for fpixel in range(det.fpixels):
-            if fpixel < xmin or fpixel > xmax or spixel < ymin or spixel > ymax:
-                continue
-            if det.has_mask and det.mask[spixel, fpixel] == 0:
+            if not pixel_is_rendered(spixel, fpixel, det):
                 continue
             if beam.dmin <= 0.0:
                 return spixel * det.fpixels + fpixel
             for t in range(det.thicksteps):
-                Odet = t * det.thickstep
                 for subS in range(det.oversample):
                     for subF in range(det.oversample):
-                        Fdet = sub * (fpixel * det.oversample + subF) + sub / 2.0
-                        Sdet = sub * (spixel * det.oversample + subS) + sub / 2.0
-                        p = np.empty(3)
-                        for j in range(3):
-                            p[j] = Fdet * det.fdet[j] + Sdet * det.sdet[j] + Odet * det.odet[j] + det.pix0[j]
-                        if det.curved:
-                            D = det.distance
-                            v0, v1, v2 = _rotate_axis(D * det.beam[0], D * det.beam[1], D * det.beam[2], det.sdet, p[1] / D)
-                            p[0], p[1], p[2] = _rotate_axis(v0, v1, v2, det.fdet, p[2] / D)
-                        r = math.sqrt(p[0] * p[0] + p[1] * p[1] + p[2] * p[2])
+                        p0, p1, p2 = pixel_position(spixel, fpixel, subS, subF, t, det)
+                        _, d0, d1, d2 = diffracted_direction(p0, p1, p2)
                         for s in range(beam.directions.shape[0]):
-                            lam = beam.wavelengths[s]
-                            q0 = (p[0] / r + beam.directions[s, 0]) / lam
-                            q1 = (p[1] / r + beam.directions[s, 1]) / lam
-                            q2 = (p[2] / r + beam.directions[s, 2]) / lam
-                            stol = 0.5 * math.sqrt(q0 * q0 + q1 * q1 + q2 * q2)
-                            if not (stol > 0.0 and beam.dmin > 0.5 / stol):
+                            stol = scattering_vector(d0, d1, d2, beam, s)[6]
+                            if not beyond_resolution(stol, beam.dmin):
                                 return spixel * det.fpixels + fpixel
     return -1
