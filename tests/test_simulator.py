@@ -442,7 +442,11 @@ def test_chunked_forward_and_backward_equal_one_chunk():
         image.sum().backward()
         results.append((plain, image.detach(), {n: p.grad.clone() for n, p in sim.named_parameters()}))
     (plain1, image1, grads1), (plainN, imageN, gradsN) = results
-    assert torch.equal(plain1, image1) and torch.allclose(plainN, plain1, rtol=1e-13, atol=0)
+    # without gradients a whole N takes the integer form of the lattice factor, with them the
+    # real-N form (specs/physics.md): equal to rounding (measured 1.05e-15 of the maximum)
+    scale = float(plain1.abs().max())
+    assert torch.allclose(plain1, image1, rtol=0, atol=1e-13 * scale)
+    assert torch.allclose(plainN, plain1, rtol=1e-13, atol=0)
     assert torch.allclose(imageN, image1, rtol=1e-13, atol=0)
     for name, g in grads1.items():
         assert torch.allclose(gradsN[name], g, rtol=1e-10, atol=1e-14 * float(g.abs().max())), name
