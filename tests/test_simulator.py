@@ -452,6 +452,23 @@ def test_chunked_forward_and_backward_equal_one_chunk():
         assert torch.allclose(gradsN[name], g, rtol=1e-10, atol=1e-14 * float(g.abs().max())), name
 
 
+def test_placement_at_the_command_line_values_is_the_scenes_bit_for_bit():
+    """nanobragg-parity (torch32, seed 32) shrank a disagreement to this scene: pixel (6, 6) lies
+    on the direct beam, where the reference's S is exactly 0 and C's closed-form sinc3 gives 1;
+    the Simulator's beam centre, converted from mm, sat 1e-19 m off, and C's form cancels to 0
+    there, so the pixel was skipped.  Lengths are now anchored at the scene's metres."""
+    args = "-cell 20 20 20 90 90 90 -round_xtal -default_F 1 -detpixels 13 -pix0_vector 0.0625 0 0 -c_parity".split()
+    sc = build_scene(parse_args(args), echo=False)
+    sim = Simulator.from_args(args)
+    with torch.no_grad():
+        det = sim.detector()
+        assert det.pix0.tolist() == list(sc.pix0)
+        assert float(det.distance) == sc.distance and float(det.close_distance) == sc.close_distance
+        image = sim().numpy()
+    ref = render_reference(sc, progress=False, image_dtype=np.float64).image
+    assert image[6, 6] > 0 and error_of_max(image, ref) <= OF_IMAGE_MAX["float64"]
+
+
 def test_float32_keeps_the_geometry_in_float64():
     """The scene nanobragg-parity shrank the Simulator's float32 disagreements to (1.01e-5 of the
     maximum when the Simulator computed its geometry in float32; 5.1e-7 now)."""

@@ -218,6 +218,13 @@ class Simulator(nn.Module):
         """Distance, beam centre, rotations and two-theta; the unplaced frame (fixed)."""
         self.distance_mm = self._parameter(sc.placement_distance * 1000.0)
         self.beam_center_mm = self._parameter(self._initial_beam_center(sc))
+        # metres = the scene's metres + (mm - initial mm) / 1000: at the command line's values the
+        # placement then equals the scene's bit for bit (mm / 1000 can differ in the last bit, and
+        # C's sinc3 turns a 1e-19 m offset of a pixel on the direct beam into a zero pixel)
+        self.register_buffer("_distance_m0", self._buffer(sc.placement_distance))
+        self.register_buffer("_distance_mm0", self.distance_mm.detach().clone())
+        self.register_buffer("_beam_center_m0", self._buffer(self._initial_beam_center_m(sc)))
+        self.register_buffer("_beam_center_mm0", self.beam_center_mm.detach().clone())
         self.detector_rot = self._parameter(np.degrees([config.detector_rotx, config.detector_roty,
                                                         config.detector_rotz]))
         self.twotheta = self._parameter(math.degrees(sc.twotheta))
@@ -227,11 +234,20 @@ class Simulator(nn.Module):
         self.register_buffer("pix0_vector", self._buffer(sc.pix0) if user_pix0 else None)
 
     @staticmethod
-    def _initial_beam_center(sc):
-        """The convention's beam centre (mm) that :func:`torchsim.geometry.pivot_point` maps back."""
+    def _initial_beam_center_m(sc):
+        """The convention's beam centre (m) that :func:`torchsim.geometry.pivot_point` maps back."""
         if sc.convention in ("mosflm", "denzo", "adxv"):
-            return [sc.Xbeam * 1000.0, sc.Ybeam * 1000.0]
-        return [sc.pivot_F * 1000.0, sc.pivot_S * 1000.0]      # xds, dials, custom: the pivot point itself
+            return [sc.Xbeam, sc.Ybeam]
+        return [sc.pivot_F, sc.pivot_S]      # xds, dials, custom: the pivot point itself
+
+    @classmethod
+    def _initial_beam_center(cls, sc):
+        """The same in mm, the parameter's unit."""
+        return [x * 1000.0 for x in cls._initial_beam_center_m(sc)]
+
+    def _metres(self, value_mm, initial_mm, initial_m):
+        """A length parameter in metres, anchored at the scene's value (see _init_detector)."""
+        return self._g(initial_m) + (self._g(value_mm) - self._g(initial_mm)) / 1000.0
 
     # ---- the physics, stage by stage (differentiable) --------------------
     def _g(self, x):
@@ -247,8 +263,9 @@ class Simulator(nn.Module):
         """The kernel's Detector for the current parameters."""
         sc, cfg = self.scene, self.config
         g = self._g
-        place = place_detector(self.frame(), g(self.distance_mm) / 1000.0, g(self.beam_center_mm) / 1000.0,
-                               g(self.detector_rot) * DEG, g(self.twotheta) * DEG)
+        distance = self._metres(self.distance_mm, self._distance_mm0, self._distance_m0)
+        beam_center = self._metres(self.beam_center_mm, self._beam_center_mm0, self._beam_center_m0)
+        place = place_detector(self.frame(), distance, beam_center, g(self.detector_rot) * DEG, g(self.twotheta) * DEG)
         t = lambda x: torch.as_tensor(x, dtype=GEOMETRY, device=place.pix0.device)  # noqa: E731
         return K.Detector(place.pix0, place.fdet, place.sdet, place.odet, self.beam, t(sc.pixel_size),
                           place.distance, place.close_distance, t(sc.thickstep), t(sc.mu), int(sc.oversample),
