@@ -7,6 +7,7 @@ unless NB_C_BIN names the user's own build of nanoBragg.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,24 @@ def test_workloads_match_the_brief():
     cmd, env = B.command_for("torch", b, None, 2)
     assert cmd[1:3] == ["-m", "reference.cli"] and cmd[-4:] == ["-engine", "torch", "-dtype", "float32"]
     assert env["NUMBA_NUM_THREADS"] == "2" and str(C.REPO_ROOT) in env["PYTHONPATH"].split(os.pathsep)
+
+
+def test_light_workload_is_a_with_one_step():
+    a, light = B.WORKLOADS["a"], B.WORKLOADS["light"]
+    assert light.threads == 2 and not light.inputs
+    assert "-oversample" not in light.args and "-phisteps" not in light.args
+    assert light.args == a.args[:light.args.index("-detpixels") + 2]
+    assert B.parse_args(["--workload", "light", "--busy", "1"]).busy == 1
+
+
+def test_busy_processes_spin_and_stop():
+    with B.busy_processes(2) as procs:
+        assert len(procs) == 2 and all(p.poll() is None for p in procs)
+        time.sleep(0.3)
+        with open(f"/proc/{procs[0].pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        assert int(fields[11]) + int(fields[12]) > 0            # utime + stime: it spins
+    assert all(p.poll() is not None for p in procs)
 
 
 def _fake_runner(seconds, image, calls):

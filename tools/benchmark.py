@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m tools.benchmark [--c-bin PATH] [--threads N] [--repeat R]
-                              [--workload a|b|all] [--engines c,numba,torch] [--markdown]
+    python -m tools.benchmark [--c-bin PATH] [--threads N] [--repeat R] [--busy N]
+                              [--workload a|b|light|all] [--engines c,numba,torch] [--markdown]
 
 Every command runs once untimed first (that fills Numba's on-disk cache), then
 ``R`` times (default 3), each in a fresh temporary folder, the engines taking
@@ -20,6 +20,13 @@ int.img`` added to each):
   3 phi steps, oversample 2; two threads.  A.mat and P1.hkl come from the C
   corpus' ``inputs`` folder (``--inputs``, ``NB_CORPUS_INPUTS``, or
   ``../shared/c_corpus/inputs`` beside this checkout).
+* ``light``: workload (a) without oversampling and with one phi step, the
+  single image a crystallographer renders most often, where start-up
+  dominates; two threads.
+
+Busy machine: ``--busy N`` keeps N other processes spinning on the CPU (pure
+Python loops, started before the warm-up, stopped at the end) while every
+command runs, and labels the rows "busy N".
 
 Threads: ``OMP_NUM_THREADS`` for C (and torch), ``NUMBA_NUM_THREADS`` for
 ours; ``--threads`` overrides both workloads' counts.
@@ -39,6 +46,7 @@ the same number for their own (timed) image, for information.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import resource
@@ -79,6 +87,9 @@ WORKLOADS = {
                   ("-mat", "A.mat", "-hkl", "P1.hkl", "-lambda", "1.2", "-N", "10", "-distance", "100",
                    "-detpixels", "512", "-pixel", "0.2", "-mosaic", "0.5", "-mosaic_dom", "10", "-phi", "1",
                    "-osc", "1", "-phisteps", "3", "-oversample", "2"), threads=2, inputs=("A.mat", "P1.hkl")),
+    "light": Workload("light", "cubic cell, 1024^2 pixels, one step (start-up dominates)",
+                      ("-cell", "100", "100", "100", "90", "90", "90", "-lambda", "6.2", "-N", "5", "-default_F",
+                       "100", "-distance", "100", "-detpixels", "1024"), threads=2),
 }
 
 # Our engines: the flags each adds to the command line.
@@ -317,7 +328,7 @@ def describe(opts, workloads=None) -> str:
     names = list(workloads) if opts.workload == "all" else [opts.workload]
     lines = [f"machine: {platform.machine()}, {os.cpu_count()} CPUs; Python {platform.python_version()}, "
              f"Numba {numba.__version__}; median of {opts.repeat} run(s) after one warm-up, wall clock of the "
-             f"whole process",
+             f"whole process" + (f"; {opts.busy} other process(es) spinning on the CPU meanwhile" if opts.busy else ""),
              f"C binary: {opts.c_bin or '(none)'}"]
     for n in names:
         w = workloads[n]
@@ -325,13 +336,31 @@ def describe(opts, workloads=None) -> str:
     return "\n".join(lines)
 
 
+SPIN = "while True:\n    pass\n"
+
+
+@contextlib.contextmanager
+def busy_processes(count: int):
+    """``count`` processes spinning on the CPU for the duration of the block."""
+    procs = [subprocess.Popen([sys.executable, "-c", SPIN], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for _ in range(count)]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait()
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m tools.benchmark",
-                                description="Time the C nanoBragg against our engines on two fixed workloads.")
+                                description="Time the C nanoBragg against our engines on fixed workloads.")
     p.add_argument("--c-bin", help="the C nanoBragg binary (default: $NB_C_BIN)")
     p.add_argument("--threads", type=int, default=None, help="threads for every workload (default: a=1, b=2)")
     p.add_argument("--repeat", type=int, default=3, help="timed runs per command (default 3)")
-    p.add_argument("--workload", choices=("a", "b", "all"), default="all")
+    p.add_argument("--workload", choices=("a", "b", "light", "all"), default="all")
+    p.add_argument("--busy", type=int, default=0, help="other processes kept spinning on the CPU meanwhile")
     p.add_argument("--engines", default="c,numba",
                    help=f"comma-separated list from {', '.join(KNOWN_ENGINES)} (default c,numba)")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
@@ -347,6 +376,8 @@ def parse_args(argv=None):
         p.error("--repeat must be at least 1")
     if opts.threads is not None and opts.threads < 1:
         p.error("--threads must be at least 1")
+    if opts.busy < 0:
+        p.error("--busy must be 0 or more")
     opts.engines = list(dict.fromkeys(engines))
     if opts.inputs is None:
         found = default_inputs_dir()
@@ -363,10 +394,14 @@ def main(argv=None) -> int:
         return 2
     log = None if opts.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
     try:
-        rows, notes = benchmark(opts, log=log)
+        with busy_processes(opts.busy):
+            rows, notes = benchmark(opts, log=log)
     except BenchmarkError as exc:
         print(f"benchmark: error: {exc}", file=sys.stderr)
         return 1
+    if opts.busy:
+        for row in rows:
+            row.workload += f" (busy {opts.busy})"
     print(format_table(rows, notes, opts.markdown, header=describe(opts)))
     failed = any(r.engine == "numba" and r.max_rel is not None and not r.max_rel <= PARITY_RTOL for r in rows)
     return 1 if failed else 0
