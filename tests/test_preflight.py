@@ -321,6 +321,23 @@ def test_estimate_says_when_the_machine_is_busy(capsys, monkeypatch):
     assert rc == 0 and "40 other processes are running now" in out
 
 
+@pytest.mark.parametrize("busy, preset, expected", [(1, None, "PASSIVE"), (0, None, None), (3, "ACTIVE", "ACTIVE")])
+def test_torch_threads_sleep_when_the_machine_is_busy(monkeypatch, busy, preset, expected):
+    """OMP_WAIT_POLICY=PASSIVE before torch loads, only when another process wants a core."""
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    monkeypatch.setattr(preflight, "competing_processes", lambda: busy)
+    if preset is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", preset)
+    preflight.sleep_when_idle_if_busy()
+    assert os.environ.get("OMP_WAIT_POLICY") == expected
+
+
+def test_own_threads_are_not_competition():
+    assert preflight._own_runnable_threads() >= 1
+
+
 def test_competing_processes_reads_a_snapshot():
     busy = preflight.competing_processes()
     assert isinstance(busy, int) and busy >= 0
