@@ -338,10 +338,10 @@ def sleep_when_idle_if_busy() -> None:
     threads sleep while they wait (``OMP_WAIT_POLICY=PASSIVE``) instead of spinning on a core
     the other process needs.
 
-    Measured on this 2-core machine, workload (b) with torch float32 and two threads, one core
-    kept busy by another process: about 4.6 s spinning, 3.4 s sleeping; on an idle machine
-    spinning is the faster (2.8 s against 3.3 s), so the policy changes only when the machine is
-    busy.  OpenMP reads the variable when torch loads it; a user's own setting is kept.
+    Measured on this 2-core machine with ``python -m tools.benchmark --engines c,torch
+    --workload b [--busy 1]`` (torch float32, two threads): one core busy, 5.1 s spinning and
+    3.7 s sleeping; idle, spinning is the faster (2.8 s against 3.2 s), so the policy changes
+    only when the machine is busy.  OpenMP reads the variable when torch loads it; a user's own setting is kept.
     """
     if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ:
         return
