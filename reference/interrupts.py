@@ -89,12 +89,6 @@ def install() -> None:
         signal.signal(signum, _handler)
 
 
-def restore() -> None:
-    """Give the signals the system's default action (end the process)."""
-    for signum in SIGNALS:
-        signal.signal(signum, signal.SIG_DFL)
-
-
 def _exit_now(signum, frame):
     try:
         os.write(2, ("nanobragg: interrupted by %s\n" % signal.Signals(signum).name).encode())

@@ -31,6 +31,11 @@ def _from_table(table, count):
                             (table.h_max, table.k_max, table.l_max), count)
 
 
+def skip_cache_write(*args, **kwargs) -> None:
+    """A ``stage`` for :func:`load_structure_factors` that drops the Fdump cache write: for
+    library callers (the Simulator, the dataset tool) that must write no file."""
+
+
 def load_structure_factors(cfg, log, stage=None) -> StructureFactors:
     """Read -hkl (writing the Fdump cache) or reuse an earlier Fdump.
 

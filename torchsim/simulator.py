@@ -66,6 +66,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from reference.errors import InputError
+from reference.structure_factors import skip_cache_write
 from reference.scene import AVOGADRO, R_E_SQR, SHAPE_CODE, WATER_F, WATER_MW, RenderResult, build_scene, \
     first_out_of_table, rendered_mask
 from torchsim import kernel as K
@@ -102,10 +103,6 @@ def resolve_dtype(name) -> torch.dtype:
     return {"float64": torch.float64, "float32": torch.float32}[name]
 
 
-def _no_cache_write(*args, warning=None, **kwargs):
-    """A staging hook that drops the Fdump cache write: the module writes no file."""
-
-
 def _whole(values):
     """``values`` as Python ints when every one is a whole number, else None."""
     if all(float(v) == int(v) for v in values):
@@ -137,7 +134,7 @@ class Simulator(nn.Module):
         self._device = resolve_device(device if device is not None else config.device)
         self.dtype = resolve_dtype(dtype if dtype is not None else config.dtype)
         if scene is None:
-            scene = build_scene(config, echo=False, stage=_no_cache_write)
+            scene = build_scene(config, echo=False, stage=skip_cache_write)
         self.scene = scene
         self.config = config
         # parameters are created in the order of the class docstring's table

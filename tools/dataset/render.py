@@ -26,10 +26,6 @@ import numpy as np
 _NO_CACHE = os.path.join(os.sep, "nonexistent-nanobragg-dataset", "Fdump.bin")
 
 
-def _discard(*args, **kwargs) -> None:
-    """build_scene's ``stage``: the Fdump cache write, dropped."""
-
-
 def scene_for(tokens, roi=None):
     """The reference scene of ``tokens``, optionally restricted to ``roi`` = (xmin, xmax, ymin, ymax).
 
@@ -39,6 +35,7 @@ def scene_for(tokens, roi=None):
     from reference.config import Config
     from reference.preflight import announce
     from reference.scene import build_scene
+    from reference.structure_factors import skip_cache_write
 
     cfg = parse_args(list(tokens))
     cfg.progress = False
@@ -48,10 +45,10 @@ def scene_for(tokens, roi=None):
         cfg.roi = [int(v) for v in roi]
     cached = _structure_factor_cache(tokens, cfg)
     if cached is None:
-        sc = build_scene(cfg, echo=False, stage=_discard)
+        sc = build_scene(cfg, echo=False, stage=skip_cache_write)
     elif os.path.exists(cached):
         cfg.hkl_file, cfg.dump_file = None, cached
-        sc = build_scene(cfg, echo=False, stage=_discard)
+        sc = build_scene(cfg, echo=False, stage=skip_cache_write)
     else:
         sc = build_scene(cfg, echo=False, stage=_Keep(cached))
     announce(sc, None)                  # the memory and size checks of the command line
