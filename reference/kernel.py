@@ -21,9 +21,11 @@ function, in the order the loop computes them:
 Per pixel the solid angle, polarization and capture fraction are computed
 once (at the first sub-pixel, first source, and first sub-pixel of each
 layer) and reused, as C does, unless an ``-oversample_*`` flag asks for them
-per sub-pixel.  The stages are inlined into the loop (``inline="always"``),
-which runs without reference counting (:data:`NO_REFCOUNT`), so splitting
-the arithmetic into functions does not slow it down.
+per sub-pixel.  The stages, and :func:`render_pixel` itself, are inlined
+into the row loop (``inline="always"``), so splitting the arithmetic into
+functions does not slow it down (a real call of :func:`render_pixel`, which
+passes the scene's tuples of arrays, cost more per pixel than a light
+image's arithmetic; specs/engines.md).
 
 Frames and units: lab frame, metres for positions, 1/metre for the
 scattering vector; direct cell vectors in metres, so ``h = a . s`` is
@@ -44,21 +46,10 @@ from collections import namedtuple
 
 import numpy as np
 from numba import njit, prange
-from numba.core.cpu import CPUTargetOptions
 
 # Compiler options for every kernel function: cached on disk, and C's IEEE
 # arithmetic (x / 0 gives inf or nan, no Python exception check per division).
 JIT = dict(cache=True, error_model="numpy")
-# The pixel function allocates nothing, so it runs without Numba's reference
-# counting: each stage inlined into the loop receives copies of the scene's
-# tuples of arrays, and counting the references of those copies (atomic
-# operations the optimizer cannot always remove) made the loop measurably
-# slower than the same arithmetic written out in one function.  Functions it
-# calls are compiled the same way, so they must not allocate.
-# (``_nrt`` is a Numba option without a public name; where it is gone, the
-# pixel function is compiled like the others, only slower.)
-NO_REFCOUNT = dict(JIT, _nrt=False) if hasattr(CPUTargetOptions, "_nrt") else JIT
-
 SQUARE, ROUND, GAUSS, TOPHAT = 0, 1, 2, 3
 
 # Slots of the per-pixel trace array (values of the last evaluation).
@@ -90,6 +81,7 @@ Lattice = namedtuple("Lattice", [
     "recip",                                        # (3, 3) a*, b*, c* in 1/A (rows)
     "Na", "Nb", "Nc", "shape", "fudge",
     "c_sinc3",                                      # parity: C's sinc3 near zero
+    "degrees",                                      # (3,) int64: Chebyshev degree per axis, -1: sines
 ])
 Factors = namedtuple("Factors", [
     "Fhkl", "hkl_min", "hkl_max", "hkls", "default_F", "interpolate",
@@ -220,6 +212,38 @@ def sincg(x, N):
 
 
 @njit(inline="always", **JIT)
+def chebyshev_u(c, n):
+    """U_n(c), the Chebyshev polynomial of the second kind, by its three-term recurrence.
+
+    U_n(cos x) = sin((n + 1) x) / sin(x), so U_{N-1}(cos x) is sincg(x, N) for
+    whole N: one cosine and N - 2 multiply-adds instead of two sines and a
+    division, with no 0/0 at the nodes (where it is exactly +-N).
+    """
+    if n == 0:
+        return 1.0
+    two_c = 2.0 * c
+    u_prev, u = 1.0, two_c
+    for _ in range(n - 1):
+        u_prev, u = u, two_c * u - u_prev
+    return u
+
+
+@njit(inline="always", **JIT)
+def interference(h, h0, N, degree):
+    """sin(pi N h) / sin(pi h) for N cells at fractional index h (nearest node h0).
+
+    degree >= 0 (whole N = degree + 1): U_degree(cos(pi h)), with the cosine
+    taken of the offset from the node, cos(pi h) = (-1)^h0 cos(pi (h - h0)):
+    a small argument, cheaper and more accurate than pi h; U_degree(-c) =
+    (-1)^degree U_degree(c) puts the sign back.  Otherwise :func:`sincg`.
+    """
+    if degree < 0:
+        return sincg(math.pi * h, N)
+    u = chebyshev_u(math.cos(math.pi * (h - h0)), degree)
+    return -u if (h0 * degree) & 1 else u
+
+
+@njit(inline="always", **JIT)
 def sinc3(x, as_c):
     """Fourier transform of a sphere, 3 (sin x - x cos x) / x^3, 1 at x = 0.
 
@@ -241,11 +265,11 @@ def lattice_factor(h, k, l, h0, k0, l0, lat):
     if lat.shape == SQUARE:
         F = 1.0
         if Na > 1:
-            F *= sincg(math.pi * h, Na)
+            F *= interference(h, h0, Na, lat.degrees[0])
         if Nb > 1:
-            F *= sincg(math.pi * k, Nb)
+            F *= interference(k, k0, Nb, lat.degrees[1])
         if Nc > 1:
-            F *= sincg(math.pi * l, Nc)
+            F *= interference(l, l0, Nc, lat.degrees[2])
         return F
     r = lat.recip
     dh, dk, dl = h - h0, k - k0, l - l0
@@ -528,7 +552,7 @@ def _trace_pixel(trace, omega, polar, capfrac, I_sum, value, n_eval):
 # one pixel: the loop nest
 # --------------------------------------------------------------------------
 
-@njit(**NO_REFCOUNT)
+@njit(inline="always", **JIT)
 def render_pixel(spixel, fpixel, det, beam, lat, sf, opt, trace, oob):
     """Photons in one pixel; also returns the summed solid angle (for statistics).
 

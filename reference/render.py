@@ -61,6 +61,22 @@ def _first_evaluated_pixel(sc: Scene, det, beam) -> int:
     return int(hits[0]) if hits.size else -1
 
 
+# Whole cell counts up to this many use the Chebyshev form of the interference function in spec
+# mode; above it the recurrence's N - 2 dependent multiply-adds cost more than two sines.
+CHEBYSHEV_MAX_N = 32
+
+
+def chebyshev_degrees(N, parity: bool) -> np.ndarray:
+    """Per axis, the Chebyshev degree N - 1 of the lattice factor, or -1 for C's sines.
+
+    Spec mode evaluates sin(N x)/sin(x) of a whole N up to CHEBYSHEV_MAX_N as
+    U_{N-1}(cos x) (:func:`reference.kernel.chebyshev_u`); -c_parity keeps C's
+    quotient of sines, whose rounding it reproduces.
+    """
+    return np.array([int(n) - 1 if not parity and n == int(n) and 1 <= n <= CHEBYSHEV_MAX_N else -1
+                     for n in N], dtype=np.int64)
+
+
 def kernel_inputs(sc: Scene):
     """The kernel's named tuples for this scene."""
     cfg = sc.cfg
@@ -83,7 +99,8 @@ def kernel_inputs(sc: Scene):
     first, later = orientation_tables(sc, parity)
     recip = f64([sc.a_star, sc.b_star, sc.c_star])
     lat = K.Lattice(first, later, recip, float(sc.Na), float(sc.Nb), float(sc.Nc),
-                    SHAPE_CODE[cfg.xtal_shape], float(cfg.fudge), bool(parity))
+                    SHAPE_CODE[cfg.xtal_shape], float(cfg.fudge), bool(parity),
+                    chebyshev_degrees((sc.Na, sc.Nb, sc.Nc), parity))
     sf = K.Factors(f64(sc.Fhkl), np.asarray(sc.hkl_min, dtype=np.int64), np.asarray(sc.hkl_max, dtype=np.int64),
                    int(sc.hkls), float(cfg.default_F), int(sc.interpolate))
     npix = sc.fpixels * sc.spixels
