@@ -7,6 +7,8 @@ unless NB_C_BIN names the user's own build of nanoBragg.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -96,7 +98,8 @@ def test_benchmark_with_fake_runner():
     calls = []
     image = np.linspace(0.0, 5.0, 64, dtype=np.float32)
     rows, notes = B.benchmark(opts, runner=_fake_runner({"c": 2.0, "numba": 2.5}, image, calls),
-                              workloads={"t": TINY_WORKLOAD}, availability=lambda e: "not importable (test)")
+                              workloads={"t": TINY_WORKLOAD}, availability=lambda e: "not importable (test)",
+                              targets={"numba": {"t": 1.25}, "torch": {"t": 0.5}})
     assert [r.engine for r in rows] == ["c", "numba"]
     c_row, ours = rows
     assert c_row.times == [2.0, 2.0] and c_row.ratio == pytest.approx(1.0)
@@ -105,7 +108,8 @@ def test_benchmark_with_fake_runner():
     assert len(calls) == 2 * 3 + 1 and "-c_parity" in calls[-1][0]
     assert all(omp == "1" for _, omp, _ in calls)
     assert any("torch rows skipped" in n for n in notes)
-    assert any("target ours <= 1.25x C met" in n for n in notes)
+    assert any("workload t: target numba <= 1.25x C met (1.25x)" in n for n in notes)
+    assert not any("target torch" in n for n in notes)          # no torch row, no verdict
 
     plain = B.format_table(rows, notes)
     lines = plain.splitlines()
@@ -351,3 +355,33 @@ def test_trace_pixel_against_c(capsys):
     assert len(rows) == 3
     for line in rows:
         assert float(line.split()[-1]) < 1e-5, line
+
+
+def test_benchmark_reports_a_missed_target_and_times_floors():
+    """A ratio above its goal is NOT met; the floor rows run their own code and have no image check."""
+    opts = B.parse_args(["--engines", "c,numba,numba-parity,numba-floor", "--repeat", "1"])
+    opts.c_bin = "/fake/nanoBragg"
+    calls = []
+
+    def run(cmd, folder, env):
+        calls.append(list(cmd))
+        if cmd[1] == "-c":
+            assert cmd[2] == B.FLOOR_CODE["numba-floor"]
+            return B.Timing(0.5, 0.5)
+        np.ones(8, np.float32).tofile(Path(folder) / "float.bin")
+        return B.Timing(3.0 if "-engine" in cmd and "-c_parity" not in cmd else 2.0, 1.0)
+
+    rows, notes = B.benchmark(opts, runner=run, workloads={"t": TINY_WORKLOAD},
+                              targets={"numba": {"t": 1.25}, "numba-parity": {"t": 1.25}})
+    by_engine = {r.engine: r for r in rows}
+    assert by_engine["numba-floor"].ratio == pytest.approx(0.25) and by_engine["numba-floor"].max_rel is None
+    assert by_engine["numba-parity"].max_rel == 0.0
+    assert any("target numba <= 1.25x C NOT met (1.50x)" in n for n in notes)
+    assert any("target numba-parity <= 1.25x C met (1.00x)" in n for n in notes)
+
+
+def test_numba_floor_code_runs():
+    """The floor's code is a real, quick process."""
+    proc = subprocess.run([sys.executable, "-c", B.FLOOR_CODE["numba-floor"]], env=C.python_env(1),
+                          capture_output=True, text=True, cwd=C.REPO_ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
