@@ -84,8 +84,12 @@ LONG_RUN_S = 60.0              # a run expected to take longer says so on stderr
 #   work_fraction   torch: resident bytes of a chunk / the chunk's budget (400 or 2400 B
 #                   per evaluation, torchsim.engine)
 COSTS = {
-    "numba": dict(start_s=0.36, base_mb=153, pixel_s=1.6e-07, subpixel_s=3.3e-08, eval_s=6.1e-08,
-                  interp_x=4.3, parallel=0.94, output_s=5.3e-08, extras_s=6.3e-08, out_bytes=21.1,
+    # numba: re-measured after the spec-mode Chebyshev lattice factor and the inlined pixel
+    # function (load average 1.2); `parallel` kept from the idle measurement before, since
+    # another process held one core this time.  -c_parity runs keep C's sines: on workloads
+    # (a) and (b) they take up to 1.7x the spec-mode time this predicts (tools.benchmark)
+    "numba": dict(start_s=0.38, base_mb=154, pixel_s=1.2e-08, subpixel_s=2.2e-08, eval_s=3.6e-08,
+                  interp_x=3.6, parallel=0.94, output_s=3.1e-08, extras_s=7e-08, out_bytes=21.1,
                   roi_bytes=27.0, work_fraction=0.0),
     "torch-float32": dict(start_s=1.25, base_mb=357, pixel_s=1.9e-08, subpixel_s=4.4e-08, eval_s=3.1e-08,
                           interp_x=11.5, parallel=0.88, output_s=7.1e-08, extras_s=6.1e-08, out_bytes=25.0,

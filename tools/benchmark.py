@@ -104,8 +104,10 @@ ENGINE_FLAGS = {
 # our command does (os._exit).  No run of the engine can take less time than its floor.
 FLOOR_CODE = {
     # NumPy and Numba imported, and one cached compiled function called: the first call of any
-    # Numba function loads Numba's typing and lowering registries, cached or not
-    "numba-floor": "import os\nfrom tools.startup_floor import first_call\nfirst_call()\nos._exit(0)",
+    # Numba function loads Numba's typing and lowering registries, cached or not.  SciPy's BLAS
+    # is hidden from Numba as in our command (reference.cli.console_main)
+    "numba-floor": "import os, sys\nsys.modules.setdefault('scipy.linalg.cython_blas', None)\n"
+                   "from tools.startup_floor import first_call\nfirst_call()\nos._exit(0)",
     "torch-floor": "import os\nimport torch\nos._exit(0)",
 }
 KNOWN_ENGINES = ("c", *ENGINE_FLAGS, *FLOOR_CODE)
