@@ -131,6 +131,46 @@ def lattice_factor_direct(h, k, l, h0, k0, l0, shape: int, N, recip, fudge, c_si
     return Na * Nb * Nc * (rad_star_sqr * fudge < 0.3969).to(h.dtype)
 
 
+# Whole N up to this many cells take the Chebyshev form (chebyshev_interference): each
+# further cell costs two multiply-adds over the tensor, against two sines, a division and
+# the masking of delta = 0 for the quotient.  Measured (tools/api_benchmark.py; specs/engines.md).
+CHEBYSHEV_MAX_N = 12
+
+
+def chebyshev_interference(delta: torch.Tensor, N: int) -> torch.Tensor:
+    """sin(pi N delta) / sin(pi delta) for a whole N >= 1, without a quotient.
+
+    The interference function of N cells is the Chebyshev polynomial of the
+    second kind U_{N-1}(cos x), x = pi delta.  The plain recurrence
+    U_{k+1} = 2 cos(x) U_k - U_{k-1} loses accuracy next to a node, where
+    cos(x) rounds to 1 (its error there grows as N^2 eps: 4e-6 of the peak
+    at N = 10 in float32).  Written on the differences D_k = U_k - U_{k-1}
+    with e = 2 (cos x - 1) = -4 sin^2(x / 2), which keeps its relative
+    accuracy at small x (Reinsch's form),
+
+        D_{k+1} = D_k + e U_k,    U_{k+1} = U_k + D_{k+1},    U_0 = D_0 = 1,
+
+    it is as accurate as the quotient for |delta| <= 1/2 (measured: within
+    3e-7 of the peak in float32 up to N = 16).  Equals N at delta = 0 with no
+    special case; differentiable in ``delta``.  Under ``torch.no_grad`` (or a
+    ``delta`` without gradient) the recurrence runs in place.
+    """
+    s = torch.sin((math.pi / 2.0) * delta)
+    e = s * s * -4.0
+    if N == 1:
+        return torch.ones_like(delta)
+    U, D = e + 2.0, e + 1.0                  # U_1 = 2 cos x, D_1 = U_1 - U_0
+    in_place = not (torch.is_grad_enabled() and delta.requires_grad)
+    for _ in range(N - 2):
+        if in_place:
+            D.addcmul_(e, U)
+            U.add_(D)
+        else:
+            D = torch.addcmul(D, e, U)
+            U = U + D
+    return U
+
+
 def sincg_reduced(delta, n, N, N_int=None):
     """sin(pi N h) / sin(pi h) for h = n + delta, n integer, |delta| <= 1/2.
 
@@ -139,26 +179,30 @@ def sincg_reduced(delta, n, N, N_int=None):
     below pi N / 2 instead of growing with h.  ``N_int`` is N as a Python int
     when the caller knows it is whole (the command line's N always is);
     otherwise (N a free, real parameter) the value is :func:`interference`,
-    without the sign.
+    without the sign.  Whole N up to ``CHEBYSHEV_MAX_N`` take
+    :func:`chebyshev_interference`, larger ones the quotient.
     """
     if N_int is None:
         return interference(delta, torch.as_tensor(N, device=delta.device).to(delta.dtype))
-    s = torch.sin(math.pi * delta)
-    zero = delta == 0
-    safe = torch.where(zero, torch.ones_like(s), s)
-    ratio = torch.where(zero, torch.full_like(delta, float(N_int)), torch.sin((math.pi * N_int) * delta) / safe)
+    if N_int <= CHEBYSHEV_MAX_N:
+        ratio = chebyshev_interference(delta, N_int)
+    else:
+        s = torch.sin(math.pi * delta)
+        zero = delta == 0
+        safe = torch.where(zero, torch.ones_like(s), s)
+        ratio = torch.where(zero, torch.full_like(delta, float(N_int)),
+                            torch.sin((math.pi * N_int) * delta) / safe)
     if N_int % 2 == 1:
         return ratio                       # (-1)^(n (N-1)) = 1 for odd N
-    odd_n = _odd(n).to(delta.dtype)
-    return ratio * (1 - 2 * odd_n)
+    return torch.addcmul(ratio, ratio, _odd(n).to(ratio.dtype), value=-2.0)      # ratio (-1)^n
 
 
 def _odd(n):
-    """1 where the whole number n is odd; n may be a pair (coarse, fine) whose sum is meant."""
+    """1.0 where the whole number n is odd, else 0.0; n may be a pair (coarse, fine) whose sum is meant."""
     if isinstance(n, tuple):
-        coarse, fine = n
-        return (coarse.long() + fine.long()) & 1
-    return n.long() & 1
+        coarse, fine = n                   # fine: small whole values, exact in its own dtype
+        n = torch.remainder(coarse, 2.0).to(fine.dtype) + fine
+    return torch.remainder(n, 2.0)
 
 
 def lattice_factor_reduced(dh, dk, dl, h0, k0, l0, shape: int, N, recip, fudge, N_int=None, c_sinc3=False):

@@ -315,9 +315,11 @@ class Simulator(nn.Module):
 
     def factors(self) -> K.Factors:
         sc, cfg = self.scene, self.config
-        return K.Factors(self.Fhkl.to(self.dtype), tuple(int(x) for x in sc.hkl_min),
-                         tuple(int(x) for x in sc.hkl_max), sc.hkls != 0, float(cfg.default_F),
-                         bool(sc.interpolate))
+        Fhkl = self.Fhkl.to(self.dtype)
+        with torch.no_grad():                 # a property of the data, not a differentiable quantity
+            finite = math.isfinite(cfg.default_F) and (sc.hkls == 0 or bool(torch.isfinite(Fhkl).all()))
+        return K.Factors(Fhkl, tuple(int(x) for x in sc.hkl_min), tuple(int(x) for x in sc.hkl_max), sc.hkls != 0,
+                         float(cfg.default_F), bool(sc.interpolate), finite)
 
     def options(self) -> K.Options:
         """Per-pixel flags and the overall scale; parity's first pixel and cut are set later."""

@@ -10,21 +10,52 @@ from __future__ import annotations
 import torch
 
 
-def _in_table(h0, k0, l0, hkl_min, hkl_max):
-    return ((h0 >= hkl_min[0]) & (h0 <= hkl_max[0]) & (k0 >= hkl_min[1]) & (k0 <= hkl_max[1])
-            & (l0 >= hkl_min[2]) & (l0 <= hkl_max[2]))
+def padded_table(Fhkl, hkl_min, hkl_max, default_F):
+    """The table's entries for hkl_min..hkl_max with one layer of ``default_F`` around them, flattened.
+
+    Any Miller index clamped to [min - 1, max + 1] on each axis then reads
+    the table inside the range and default_F anywhere outside it: one
+    gather and no mask.  Differentiable in ``Fhkl``.
+    """
+    n = [hkl_max[i] - hkl_min[i] + 1 for i in range(3)]
+    inner = Fhkl[:n[0], :n[1], :n[2]]
+    return torch.nn.functional.pad(inner, (1, 1, 1, 1, 1, 1), value=float(default_F)).reshape(-1)
+
+
+def padded_index(nodes, hkl_min, hkl_max):
+    """Flat index (long) into :func:`padded_table` of the nodes (h0, k0, l0).
+
+    Each node is a whole-valued tensor, or a pair (coarse, fine) whose sum is
+    meant (a small geometry-dtype tensor and a full one of small whole values,
+    see :class:`torchsim.kernel.MillerIndices`).  The index is formed in the
+    nodes' float dtype where that holds it exactly (below 2^24 entries in
+    float32); a NaN node reads default_F, as C's range test fails for it.
+    """
+    sizes = [hkl_max[i] - hkl_min[i] + 3 for i in range(3)]          # with the padding
+    flat = None
+    for axis, node in enumerate(nodes):
+        low, top = hkl_min[axis] - 1, sizes[axis] - 1
+        if isinstance(node, tuple):
+            coarse, fine = node
+            # far outside the table stays far outside; near it the sum is exact in fine's dtype
+            base = torch.clamp(coarse - low, -2.0 ** 20, 2.0 ** 20).to(fine.dtype)
+            i = torch.clamp(base + fine, 0, top)
+        else:
+            i = torch.clamp(node - low, 0, top)
+        if i.dtype == torch.float32 and sizes[0] * sizes[1] * sizes[2] >= 2 ** 24 or not i.is_floating_point():
+            i = i.to(torch.float64)
+        flat = i if flat is None else torch.add(i, flat, alpha=sizes[axis])
+    return torch.fmax(flat, torch.zeros((), dtype=flat.dtype, device=flat.device)).long()   # NaN -> 0
 
 
 def nearest_F(h0, k0, l0, Fhkl, hkl_min, hkl_max, default_F, has_table: bool):
-    """F of the nearest reflection (integer tensors h0, k0, l0), default_F outside."""
+    """F of the nearest reflection (whole-valued tensors or (coarse, fine) pairs h0, k0, l0), default_F outside."""
     default = torch.as_tensor(default_F, dtype=Fhkl.dtype, device=Fhkl.device)
     if not has_table:
-        return default.expand(h0.shape)
-    inside = _in_table(h0, k0, l0, hkl_min, hkl_max)
-    ih = torch.where(inside, h0 - hkl_min[0], torch.zeros_like(h0))
-    ik = torch.where(inside, k0 - hkl_min[1], torch.zeros_like(k0))
-    il = torch.where(inside, l0 - hkl_min[2], torch.zeros_like(l0))
-    return torch.where(inside, Fhkl[ih, ik, il], default)
+        shape = (h0[1] if isinstance(h0, tuple) else h0).shape
+        return default.expand(shape)
+    table = padded_table(Fhkl, hkl_min, hkl_max, default_F)
+    return table[padded_index((h0, k0, l0), hkl_min, hkl_max)]
 
 
 def outside_interpolation_grid(h, k, l, hkl_min, hkl_max):
@@ -89,8 +120,8 @@ def structure_factor(hkl, nodes, sf, use_interp=None):
     """Stage: F_cell of every evaluation, (P, T, S, K, F, M).
 
     ``hkl``: fractional (h, k, l) (needed only for interpolation); ``nodes``:
-    the nearest nodes (h0, k0, l0) as whole-valued tensors (needed only with
-    a table); ``sf``: the :class:`torchsim.kernel.Factors`; ``use_interp``:
+    the nearest nodes (h0, k0, l0) as whole-valued tensors or (coarse, fine)
+    pairs (needed only with a table); ``sf``: the :class:`torchsim.kernel.Factors`; ``use_interp``:
     where interpolation is wanted (the parity cut), with ``sf.interpolate``.
 
     Without a table every reflection has the amplitude default_F: returns
@@ -103,7 +134,7 @@ def structure_factor(hkl, nodes, sf, use_interp=None):
     F_near = None
     if sf.has_table:
         h0, k0, l0 = nodes
-        F_near = nearest_F(h0.long(), k0.long(), l0.long(), sf.Fhkl, sf.hkl_min, sf.hkl_max, sf.default_F, True)
+        F_near = nearest_F(h0, k0, l0, sf.Fhkl, sf.hkl_min, sf.hkl_max, sf.default_F, True)
     if not sf.interpolate:
         return F_near, None
     h, k, l = hkl
