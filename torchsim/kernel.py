@@ -173,7 +173,7 @@ def render_pixels(pix, det: Detector, beam: Beam, cry: Crystal, sf: Factors, opt
     anchored = (dtype != det.pix0.dtype and not sf.interpolate and not want_trace
                 and not (opt.parity and opt.first_pixel >= 0))
     miller = miller_indices(pix, rays.S, cry, opt, dtype, anchored, first_kept, any_kept)
-    F_latt = lattice_factor(miller, cry, opt.parity)                     # (P,T,S,K,F,M)
+    F_latt = lattice_factor(miller, cry, opt.parity, signed=want_trace)  # (P,T,S,K,F,M); the image needs F_latt^2
     valid = None
     if _needs_mask(beam, sf, opt, want_trace):
         valid = rays.keep[..., None, None].expand(miller.shape)
@@ -231,8 +231,10 @@ def pixel_positions(pix, det: Detector):
     Fdet = sub * (fpixel[:, None] * n + subF[None, :]).to(dtype) + sub / 2.0
     Sdet = sub * (spixel[:, None] * n + subS[None, :]).to(dtype) + sub / 2.0
     Odet = torch.arange(det.thicksteps, device=device, dtype=dtype) * det.thickstep
-    pos = (Fdet[:, None, :, None] * det.fdet + Sdet[:, None, :, None] * det.sdet
-           + Odet[None, :, None, None] * det.odet + det.pix0)
+    # component-major memory, (3, P, T, S) seen as (P, T, S, 3): every later operation on
+    # the vectors then runs over long contiguous rows (the trailing 3 is a CPU's slowest stride)
+    pos = torch.stack([Fdet[:, None, :] * det.fdet[c] + Sdet[:, None, :] * det.sdet[c]
+                       + Odet[None, :, None] * det.odet[c] + det.pix0[c] for c in range(3)]).permute(1, 2, 3, 0)
     if det.curved:
         # every pixel at the same distance: detector coordinates become angles
         D = det.distance
@@ -364,7 +366,8 @@ def project(v, axes, start=None):
     """
     F, M = axes.shape[:2]
     lead = v.shape[:-1]
-    out = torch.mm(axes.reshape(F * M, 3), v.reshape(-1, 3).T).view(F, M, *lead)
+    columns = v.movedim(-1, 0).reshape(3, -1)            # a view when v is component-major
+    out = torch.mm(axes.reshape(F * M, 3), columns).view(F, M, *lead)
     out = out.permute(*range(2, 2 + len(lead)), 0, 1)
     if start is None:
         return out

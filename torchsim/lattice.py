@@ -155,12 +155,12 @@ def chebyshev_interference(delta: torch.Tensor, N: int) -> torch.Tensor:
     special case; differentiable in ``delta``.  Under ``torch.no_grad`` (or a
     ``delta`` without gradient) the recurrence runs in place.
     """
-    s = torch.sin((math.pi / 2.0) * delta)
-    e = s * s * -4.0
     if N == 1:
         return torch.ones_like(delta)
-    U, D = e + 2.0, e + 1.0                  # U_1 = 2 cos x, D_1 = U_1 - U_0
     in_place = not (torch.is_grad_enabled() and delta.requires_grad)
+    x = (math.pi / 2.0) * delta
+    e = x.sin_().square_().mul_(-4.0) if in_place else torch.sin(x) ** 2 * -4.0
+    U, D = e + 2.0, e + 1.0                  # U_1 = 2 cos x, D_1 = U_1 - U_0
     for _ in range(N - 2):
         if in_place:
             D.addcmul_(e, U)
@@ -171,7 +171,7 @@ def chebyshev_interference(delta: torch.Tensor, N: int) -> torch.Tensor:
     return U
 
 
-def sincg_reduced(delta, n, N, N_int=None):
+def sincg_reduced(delta, n, N, N_int=None, signed=True):
     """sin(pi N h) / sin(pi h) for h = n + delta, n integer, |delta| <= 1/2.
 
     For integer N this equals (-1)^(n (N-1)) sin(pi N delta) / sin(pi delta),
@@ -180,7 +180,9 @@ def sincg_reduced(delta, n, N, N_int=None):
     when the caller knows it is whole (the command line's N always is);
     otherwise (N a free, real parameter) the value is :func:`interference`,
     without the sign.  Whole N up to ``CHEBYSHEV_MAX_N`` take
-    :func:`chebyshev_interference`, larger ones the quotient.
+    :func:`chebyshev_interference`, larger ones the quotient.  ``signed``
+    False leaves out the sign (-1)^(n (N-1)), for callers that only square
+    the factor.
     """
     if N_int is None:
         return interference(delta, torch.as_tensor(N, device=delta.device).to(delta.dtype))
@@ -192,7 +194,7 @@ def sincg_reduced(delta, n, N, N_int=None):
         safe = torch.where(zero, torch.ones_like(s), s)
         ratio = torch.where(zero, torch.full_like(delta, float(N_int)),
                             torch.sin((math.pi * N_int) * delta) / safe)
-    if N_int % 2 == 1:
+    if N_int % 2 == 1 or not signed:
         return ratio                       # (-1)^(n (N-1)) = 1 for odd N
     return torch.addcmul(ratio, ratio, _odd(n).to(ratio.dtype), value=-2.0)      # ratio (-1)^n
 
@@ -205,11 +207,14 @@ def _odd(n):
     return torch.remainder(n, 2.0)
 
 
-def lattice_factor_reduced(dh, dk, dl, h0, k0, l0, shape: int, N, recip, fudge, N_int=None, c_sinc3=False):
+def lattice_factor_reduced(dh, dk, dl, h0, k0, l0, shape: int, N, recip, fudge, N_int=None, c_sinc3=False,
+                           signed=True):
     """:func:`lattice_factor` from offsets (dh, dk, dl) to the nearest node (h0, k0, l0).
 
     The offsets are in the compute dtype; h0, k0, l0 in the (higher) geometry
     dtype.  ``N_int``: (Na, Nb, Nc) as Python ints when known to be whole.
+    ``signed`` False: the square shape's factor up to its sign (see
+    :func:`sincg_reduced`).
     """
     if shape == SQUARE:
         Ni = N_int if N_int is not None else (None, None, None)
@@ -217,14 +222,17 @@ def lattice_factor_reduced(dh, dk, dl, h0, k0, l0, shape: int, N, recip, fudge, 
         for delta, node, axis in ((dh, h0, 0), (dk, k0, 1), (dl, l0, 2)):
             if Ni[axis] == 1:
                 continue                   # one cell: the factor is exactly 1
-            f = sincg_reduced(delta, node, N[axis], Ni[axis])
-            F = f if F is None else F * f
+            f = sincg_reduced(delta, node, N[axis], Ni[axis], signed)
+            if F is None:
+                F = f
+            else:
+                F = F.mul_(f) if not torch.is_grad_enabled() else F * f
         return torch.ones_like(dh) if F is None else F
     zero = torch.zeros_like(dh)
     return lattice_factor_direct(dh, dk, dl, zero, zero, zero, shape, N, recip, fudge, c_sinc3)
 
 
-def lattice_factor(miller, cry, c_sinc3: bool = False):
+def lattice_factor(miller, cry, c_sinc3: bool = False, signed: bool = True):
     """Stage: F_latt of every evaluation, (P, T, S, K, F, M), in the compute dtype.
 
     ``miller`` holds the fractional indices ``hkl`` (or None), their nearest
@@ -241,6 +249,10 @@ def lattice_factor(miller, cry, c_sinc3: bool = False):
     * N a free parameter (``N_int`` None, or N requiring a gradient): the
       real-N form :func:`interference`, smooth in N; its dI/dN is finite
       everywhere (C's form would give the derivative of a pole).
+
+    ``signed`` False allows the whole-N reduced form to leave out its sign
+    (-1)^(n (N-1)): the image sees F_latt^2 only, and the sign costs three
+    passes over the evaluations for an even N.
     """
     N_int = cry.N_int
     if torch.is_grad_enabled() and isinstance(cry.N, torch.Tensor) and cry.N.requires_grad:
@@ -251,4 +263,5 @@ def lattice_factor(miller, cry, c_sinc3: bool = False):
         return lattice_factor_direct(h, k, l, h0, k0, l0, cry.shape, cry.N, cry.recip, cry.fudge, c_sinc3)
     dh, dk, dl = miller.node_offsets()
     h0, k0, l0 = miller.nodes
-    return lattice_factor_reduced(dh, dk, dl, h0, k0, l0, cry.shape, cry.N, cry.recip, cry.fudge, N_int, c_sinc3)
+    return lattice_factor_reduced(dh, dk, dl, h0, k0, l0, cry.shape, cry.N, cry.recip, cry.fudge, N_int, c_sinc3,
+                                  signed)
