@@ -167,7 +167,11 @@ def render_pixels(pix, det: Detector, beam: Beam, cry: Crystal, sf: Factors, opt
 
     pos = pixel_positions(pix, det)                                      # (P,T,S,3)
     rays = scattering_vectors(pos, beam)                                 # (P,T,S,K,...)
-    first_kept, any_kept = _first_true(rays.keep.reshape(P, -1))
+    if rays.all_kept:
+        first_kept = torch.zeros(P, dtype=torch.long, device=pix.device)
+        any_kept = torch.ones(P, dtype=torch.bool, device=pix.device)
+    else:
+        first_kept, any_kept = _first_true(rays.keep.reshape(P, -1))
 
     # low precision without interpolation or tracing: offsets from a float64 anchor
     anchored = (dtype != det.pix0.dtype and not sf.interpolate and not want_trace
@@ -253,22 +257,28 @@ class Scattering:
     diffracted: torch.Tensor    # (P, T, S, 3) unit
     incident: torch.Tensor      # (K, 3) unit, direction of travel
     S: torch.Tensor             # (P, T, S, K, 3) scattering vector, 1/m
-    stol: torch.Tensor          # (P, T, S, K) sin(theta)/lambda, 1/m
     keep: torch.Tensor          # (P, T, S, K) bool: passes the -dmin resolution cut
+    all_kept: bool              # no resolution cut: keep is all True
+
+    @property
+    def stol(self) -> torch.Tensor:
+        """(P, T, S, K) sin(theta)/lambda, 1/m (formed when asked: only the cut and the trace need it)."""
+        return 0.5 * norm3(self.S)
 
 
 def scattering_vectors(pos, beam: Beam) -> Scattering:
-    """Stage: diffracted and incident directions, S = (d - i) / lambda, stol and the dmin cut."""
+    """Stage: diffracted and incident directions, S = (d - i) / lambda, and the dmin cut on stol."""
     airpath = norm3(pos)
     d = pos / airpath[..., None]
     incident = -beam.directions                                          # (K,3)
     S = (d[:, :, :, None, :] - incident) / beam.wavelengths[:, None]     # (P,T,S,K,3)
-    stol = 0.5 * norm3(S)
-    if beam.dmin > 0.0:
-        keep = ~((stol > 0.0) & (beam.dmin > 0.5 / torch.where(stol > 0, stol, torch.ones_like(stol))))
+    rays = Scattering(airpath, d, incident, S, None, beam.dmin <= 0.0)
+    if rays.all_kept:
+        rays.keep = torch.ones(S.shape[:-1], dtype=torch.bool, device=S.device)
     else:
-        keep = torch.ones_like(stol, dtype=torch.bool)
-    return Scattering(airpath, d, incident, S, stol, keep)
+        stol = rays.stol
+        rays.keep = ~((stol > 0.0) & (beam.dmin > 0.5 / torch.where(stol > 0, stol, torch.ones_like(stol))))
+    return rays
 
 
 @dataclass

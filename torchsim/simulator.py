@@ -70,6 +70,7 @@ from reference.structure_factors import skip_cache_write
 from reference.scene import AVOGADRO, R_E_SQR, SHAPE_CODE, WATER_F, WATER_MW, RenderResult, build_scene, \
     first_out_of_table, rendered_mask
 from torchsim import kernel as K
+from torchsim.allocator import keep_freed_memory
 from torchsim.crystal import axis_angle_matrices, cell_constants, cell_vectors, fixed_orientation, mosaic_draws, \
     mosaic_rotations, misset_rotation, orientation_tables
 from torchsim.geometry import Frame, place_detector
@@ -421,6 +422,8 @@ class Simulator(nn.Module):
         gradients, before the pass that counts.
         """
         det, beam, cry, sf, opt = inputs = self.kernel_inputs()
+        if det.pix0.device.type == "cpu":
+            keep_freed_memory()               # chunk after chunk reuses the heap (torchsim.allocator)
         parity = self.scene.parity
         if parity:
             opt.first_pixel = self._first_evaluated(det, beam)

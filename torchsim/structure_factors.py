@@ -33,19 +33,21 @@ def padded_index(nodes, hkl_min, hkl_max):
     """
     sizes = [hkl_max[i] - hkl_min[i] + 3 for i in range(3)]          # with the padding
     flat = None
-    for axis, node in enumerate(nodes):
-        low, top = hkl_min[axis] - 1, sizes[axis] - 1
-        if isinstance(node, tuple):
-            coarse, fine = node
-            # far outside the table stays far outside; near it the sum is exact in fine's dtype
-            base = torch.clamp(coarse - low, -2.0 ** 20, 2.0 ** 20).to(fine.dtype)
-            i = torch.clamp(base + fine, 0, top)
-        else:
-            i = torch.clamp(node - low, 0, top)
-        if i.dtype == torch.float32 and sizes[0] * sizes[1] * sizes[2] >= 2 ** 24 or not i.is_floating_point():
-            i = i.to(torch.float64)
-        flat = i if flat is None else torch.add(i, flat, alpha=sizes[axis])
-    return torch.fmax(flat, torch.zeros((), dtype=flat.dtype, device=flat.device)).long()   # NaN -> 0
+    with torch.no_grad():                 # whole numbers: no gradient flows through an index
+        for axis, node in enumerate(nodes):
+            low, top = hkl_min[axis] - 1, sizes[axis] - 1
+            if isinstance(node, tuple):
+                coarse, fine = node
+                # far outside the table stays far outside; near it the sum is exact in fine's dtype
+                base = torch.clamp(coarse - low, -2.0 ** 20, 2.0 ** 20).to(fine.dtype)
+                i = (base + fine).clamp_(0, top)
+            else:
+                i = (node - low).clamp_(0, top)
+            if i.dtype == torch.float32 and sizes[0] * sizes[1] * sizes[2] >= 2 ** 24 or not i.is_floating_point():
+                i = i.to(torch.float64)
+            flat = i if flat is None else flat.mul_(sizes[axis]).add_(i)
+        flat = torch.fmax(flat, torch.zeros((), dtype=flat.dtype, device=flat.device), out=flat)   # NaN -> 0
+        return flat.long()
 
 
 def nearest_F(h0, k0, l0, Fhkl, hkl_min, hkl_max, default_F, has_table: bool):
