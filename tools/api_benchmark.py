@@ -3,7 +3,8 @@
 Usage::
 
     python -m tools.api_benchmark [--workload a|b|light|all] [--engines numba,torch,torch64]
-                                  [--images N] [--threads T] [--compile]
+                                  [--images N] [--threads T] [--compile] [--extra "FLAGS"]
+                                  [--chebyshev-max-n N]
 
 The scene of each workload (the flags of :data:`tools.benchmark.WORKLOADS`)
 is built once, through the command line's front end, in a temporary folder
@@ -25,6 +26,10 @@ costs), and the median wall and CPU time (all threads, from
 ``resource.getrusage``) of the later images.  Threads: the workload's count
 (``--threads`` overrides), set with ``torch.set_num_threads`` and
 ``numba.set_num_threads``.
+
+Variations: ``--extra`` appends flags to every workload (a later flag wins:
+``--extra "-N 8"``); ``--chebyshev-max-n`` sets
+``torchsim.lattice.CHEBYSHEV_MAX_N`` (0: the quotient form for every N).
 """
 
 from __future__ import annotations
@@ -90,14 +95,14 @@ def engine_renderer(engine: str, tokens: list, threads: int, times: dict):
     return render
 
 
-def measure(engine: str, workload, images: int, threads: int, inputs) -> dict:
+def measure(engine: str, workload, images: int, threads: int, inputs, extra=()) -> dict:
     """Import, build and ``images`` renders of one (engine, workload); the times by name."""
     folder = _fresh_folder(workload, inputs, None)
     here = os.getcwd()
     times = {"renders": []}
     try:
         os.chdir(folder)
-        render = engine_renderer(engine, list(workload.args), threads, times)
+        render = engine_renderer(engine, [*workload.args, *extra], threads, times)
         for _ in range(images):
             step = {}
             with timed(step, "image"):
@@ -131,6 +136,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="threads (default: the workload's)")
     p.add_argument("--compile", action="store_true", help="add the torch-compiled engine")
     p.add_argument("--inputs", default=None, help="folder holding A.mat and P1.hkl (default: the C corpus inputs)")
+    p.add_argument("--extra", default="", help="flags appended to every workload's, e.g. \"-N 8\"")
+    p.add_argument("--chebyshev-max-n", type=int, default=None,
+                   help="torchsim.lattice.CHEBYSHEV_MAX_N for this run (0: never the Chebyshev form)")
     opts = p.parse_args(argv)
     opts.engines = [e.strip() for e in opts.engines.split(",") if e.strip()]
     if opts.compile and "torch-compiled" not in opts.engines:
@@ -149,6 +157,9 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     opts = parse_args(argv)
     names = list(WORKLOADS) if opts.workload == "all" else [opts.workload]
+    if opts.chebyshev_max_n is not None:
+        from torchsim import lattice
+        lattice.CHEBYSHEV_MAX_N = opts.chebyshev_max_n
     rows = []
     for name in names:
         w = WORKLOADS[name]
@@ -158,10 +169,12 @@ def main(argv=None) -> int:
             continue
         threads = opts.threads or w.threads
         for engine in opts.engines:
-            t = measure(engine, w, opts.images, threads, opts.inputs)
+            t = measure(engine, w, opts.images, threads, opts.inputs, opts.extra.split())
             print(f"[{name}/{engine}] " + " ".join(f"{x[0]:.3f}" for x in t["renders"]), file=sys.stderr, flush=True)
             rows.append((name, engine, threads, t))
-    print(f"{opts.images} image(s) per engine, one process; workload flags in tools/benchmark.py")
+    print(f"{opts.images} image(s) per engine, one process; workload flags in tools/benchmark.py"
+          + (f", plus {opts.extra}" if opts.extra else "")
+          + (f"; CHEBYSHEV_MAX_N = {opts.chebyshev_max_n}" if opts.chebyshev_max_n is not None else ""))
     print(table(rows))
     return 0
 
