@@ -51,8 +51,9 @@ def test_chebyshev_equals_the_quotient_in_float64(N):
 @pytest.mark.parametrize("N", [2, 3, 5, 8, 10, 12, 16])
 def test_chebyshev_in_float32_is_as_accurate_as_the_quotient(N):
     """In float32 the differences form keeps the quotient's accuracy next to the node (where the
-    plain recurrence on cos x loses ~N^2 eps).  Measured: at most 3.4e-7 of the peak up to N = 16
-    for both forms (the plain recurrence: 4.9e-6 at N = 16)."""
+    plain recurrence on cos x loses ~N^2 eps).  Measured (``python -m tests.test_torch_speed_paths``):
+    at most 2.7e-7 of the peak up to N = 16, the float32 quotient 2.5e-7, the plain recurrence
+    4.4e-6 at N = 16."""
     d64 = offsets()
     d = d64.float()                                  # the float32 offsets the kernel has
     exact = quotient(d.double(), N)
@@ -208,7 +209,8 @@ def test_a_non_finite_table_keeps_the_mask(tmp_path, monkeypatch):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_rendering_again_faults_few_pages():
     """After keep_freed_memory a second image reuses the first one's heap.  Measured on this
-    scene (chunks of ~4 MB tensors): ~5e3 minor page faults per image without it, < 100 with it."""
+    scene (one chunk of 4 MB tensors): 1.7e4 to 1.9e4 minor page faults per image without it,
+    0 to 940 with it."""
     assert keep_freed_memory() and keep_freed_memory()
     sim = Simulator.from_args(["-cell", "100", "100", "100", "90", "90", "90", "-lambda", "6.2", "-N", "5",
                                "-default_F", "100", "-distance", "100", "-detpixels", "256", "-pixel", "0.4",
@@ -218,7 +220,7 @@ def test_rendering_again_faults_few_pages():
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         sim()
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    assert faults < 1000, faults
+    assert faults < 5000, faults
 
 
 def test_images_match_the_reference_float64_on_the_fast_paths(tmp_path, monkeypatch):
@@ -239,3 +241,39 @@ def test_images_match_the_reference_float64_on_the_fast_paths(tmp_path, monkeypa
             image = Simulator.from_args(args, dtype=torch.float32)().numpy()
         error = np.abs(image - ref).max() / np.abs(ref).max()
         assert error <= OF_IMAGE_MAX["float32"], (N, error)
+
+
+def _measure():
+    """The figures quoted above and in specs/engines.md: ``python -m tests.test_torch_speed_paths``."""
+    d = offsets().float()
+    print("float32 error / peak, |delta| <= 1/2: differences form, quotient, plain recurrence on cos x")
+    for N in (2, 5, 8, 10, 12, 16):
+        exact = quotient(d.double(), N)
+        c = torch.cos(math.pi * d)
+        prev, plain = torch.ones_like(c), 2 * c
+        for _ in range(N - 2):
+            prev, plain = plain, 2 * c * plain - prev
+        s = torch.sin(math.pi * d)
+        q32 = torch.where(d == 0, torch.full_like(d, N), torch.sin((math.pi * N) * d) / torch.where(d == 0, 1.0, s))
+        row = [lattice.chebyshev_interference(d, N), q32, plain]
+        print(N, " ".join(f"{float((x.double() - exact).abs().max() / N):.2g}" for x in row))
+    from tools.benchmark import WORKLOADS
+    args = list(WORKLOADS["a"].args)
+    with torch.no_grad():
+        ref = Simulator.from_args(args, dtype=torch.float64)().numpy()
+        floor = 1e-7 * np.abs(ref).max()
+        for max_n in (lattice.CHEBYSHEV_MAX_N, 0):
+            lattice.CHEBYSHEV_MAX_N, saved = max_n, lattice.CHEBYSHEV_MAX_N
+            image = Simulator.from_args(args, dtype=torch.float32)().double().numpy()
+            lattice.CHEBYSHEV_MAX_N = saved
+            rel = np.abs(image - ref) / np.maximum(np.abs(ref), floor)
+            faint = np.abs(ref) < 1e-4 * np.abs(ref).max()
+            print(f"workload (a), float32 against float64, CHEBYSHEV_MAX_N = {max_n}: "
+                  f"{np.abs(image - ref).max() / np.abs(ref).max():.2g} of the maximum; per pixel "
+                  f"99.9th percentile {np.quantile(rel, 0.999):.2g}, max {rel.max():.2g}; "
+                  f"pixels above 5e-6 of their value that are below 1e-4 of the maximum: "
+                  f"{(faint & (rel > 5e-6)).sum()} of {(rel > 5e-6).sum()}")
+
+
+if __name__ == "__main__":
+    _measure()

@@ -4,7 +4,7 @@ Usage::
 
     python -m tools.api_benchmark [--workload a|b|light|all] [--engines numba,torch,torch64]
                                   [--images N] [--threads T] [--compile] [--extra "FLAGS"]
-                                  [--chebyshev-max-n N]
+                                  [--chebyshev-max-n N] [--glibc-default-heap]
 
 The scene of each workload (the flags of :data:`tools.benchmark.WORKLOADS`)
 is built once, through the command line's front end, in a temporary folder
@@ -23,13 +23,15 @@ engine's modules in this process (the first engine also pays for the
 modules they share), the time to build the scene or module, the first
 image (Numba's compilation or its on-disk cache, torch's first-call
 costs), and the median wall and CPU time (all threads, from
-``resource.getrusage``) of the later images.  Threads: the workload's count
+``resource.getrusage``) and minor page faults of the later images.  Threads: the workload's count
 (``--threads`` overrides), set with ``torch.set_num_threads`` and
 ``numba.set_num_threads``.
 
 Variations: ``--extra`` appends flags to every workload (a later flag wins:
 ``--extra "-N 8"``); ``--chebyshev-max-n`` sets
-``torchsim.lattice.CHEBYSHEV_MAX_N`` (0: the quotient form for every N).
+``torchsim.lattice.CHEBYSHEV_MAX_N`` (0: the quotient form for every N);
+``--glibc-default-heap`` skips :func:`torchsim.allocator.keep_freed_memory`
+(the page-fault column shows what it saves).
 """
 
 from __future__ import annotations
@@ -56,10 +58,10 @@ def cpu_seconds() -> float:
 
 @contextmanager
 def timed(out: dict, key: str):
-    """Record the wall and CPU seconds of the block as out[key] = (wall, cpu)."""
-    w, c = time.perf_counter(), cpu_seconds()
+    """Record the wall and CPU seconds and the minor page faults of the block: out[key] = (wall, cpu, faults)."""
+    w, c, f = time.perf_counter(), cpu_seconds(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     yield
-    out[key] = (time.perf_counter() - w, cpu_seconds() - c)
+    out[key] = (time.perf_counter() - w, cpu_seconds() - c, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f)
 
 
 def engine_renderer(engine: str, tokens: list, threads: int, times: dict):
@@ -116,15 +118,16 @@ def measure(engine: str, workload, images: int, threads: int, inputs, extra=()) 
 
 def table(rows) -> str:
     head = ("workload", "engine", "threads", "imports [s]", "build [s]", "first image [s]",
-            "later images: median wall [s]", "median CPU [s]", "runs [s]")
+            "later images: median wall [s]", "median CPU [s]", "median page faults", "runs [s]")
     out = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for name, engine, threads, t in rows:
         later = t["renders"][1:] or t["renders"]
         wall = statistics.median(x[0] for x in later)
         cpu = statistics.median(x[1] for x in later)
+        faults = statistics.median(x[2] for x in later)
         runs = " ".join(f"{x[0]:.3f}" for x in t["renders"])
         out.append(f"| {name} | {engine} | {threads} | {t['import'][0]:.2f} | {t['build'][0]:.2f} | "
-                   f"{t['renders'][0][0]:.3f} | {wall:.3f} | {cpu:.3f} | {runs} |")
+                   f"{t['renders'][0][0]:.3f} | {wall:.3f} | {cpu:.3f} | {faults:.0f} | {runs} |")
     return "\n".join(out)
 
 
@@ -137,6 +140,8 @@ def parse_args(argv=None):
     p.add_argument("--compile", action="store_true", help="add the torch-compiled engine")
     p.add_argument("--inputs", default=None, help="folder holding A.mat and P1.hkl (default: the C corpus inputs)")
     p.add_argument("--extra", default="", help="flags appended to every workload's, e.g. \"-N 8\"")
+    p.add_argument("--glibc-default-heap", action="store_true",
+                   help="leave glibc's heap thresholds as they are (no torchsim.allocator.keep_freed_memory)")
     p.add_argument("--chebyshev-max-n", type=int, default=None,
                    help="torchsim.lattice.CHEBYSHEV_MAX_N for this run (0: never the Chebyshev form)")
     opts = p.parse_args(argv)
@@ -157,6 +162,9 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     opts = parse_args(argv)
     names = list(WORKLOADS) if opts.workload == "all" else [opts.workload]
+    if opts.glibc_default_heap:
+        from torchsim import simulator
+        simulator.keep_freed_memory = lambda: False
     if opts.chebyshev_max_n is not None:
         from torchsim import lattice
         lattice.CHEBYSHEV_MAX_N = opts.chebyshev_max_n
@@ -174,7 +182,8 @@ def main(argv=None) -> int:
             rows.append((name, engine, threads, t))
     print(f"{opts.images} image(s) per engine, one process; workload flags in tools/benchmark.py"
           + (f", plus {opts.extra}" if opts.extra else "")
-          + (f"; CHEBYSHEV_MAX_N = {opts.chebyshev_max_n}" if opts.chebyshev_max_n is not None else ""))
+          + (f"; CHEBYSHEV_MAX_N = {opts.chebyshev_max_n}" if opts.chebyshev_max_n is not None else "")
+          + ("; glibc's default heap thresholds" if opts.glibc_default_heap else ""))
     print(table(rows))
     return 0
 

@@ -5,8 +5,9 @@ megabytes once per chunk.  With glibc's default, adaptive settings much of
 that memory goes back to the system whenever the top of the heap is free
 (``M_TRIM_THRESHOLD``) and comes back as fresh zero-filled pages at the next
 allocation: on workload (a) of ``tools.benchmark``, float32, one thread,
-about 1e5 page faults per image and up to 1.7x the time of a pass without
-them (specs/engines.md, "Memory").  :func:`keep_freed_memory` fixes the two
+1.2e5 page faults per image and 1.5 times the time of a pass without them
+(``python -m tools.api_benchmark --workload a --engines torch
+[--glibc-default-heap]``; specs/engines.md, "Memory").  :func:`keep_freed_memory` fixes the two
 thresholds (``mallopt``): blocks up to 32 MB come from the heap and up to
 ``trim_bytes`` of free heap stay in the process.  Elsewhere than glibc it
 does nothing.

@@ -133,7 +133,8 @@ def lattice_factor_direct(h, k, l, h0, k0, l0, shape: int, N, recip, fudge, c_si
 
 # Whole N up to this many cells take the Chebyshev form (chebyshev_interference): each
 # further cell costs two multiply-adds over the tensor, against two sines, a division and
-# the masking of delta = 0 for the quotient.  Measured (tools/api_benchmark.py; specs/engines.md).
+# the masking of delta = 0 for the quotient; the two cost the same near N = 14
+# (tools/api_benchmark.py --chebyshev-max-n; the figures are in specs/engines.md).
 CHEBYSHEV_MAX_N = 12
 
 
@@ -143,15 +144,16 @@ def chebyshev_interference(delta: torch.Tensor, N: int) -> torch.Tensor:
     The interference function of N cells is the Chebyshev polynomial of the
     second kind U_{N-1}(cos x), x = pi delta.  The plain recurrence
     U_{k+1} = 2 cos(x) U_k - U_{k-1} loses accuracy next to a node, where
-    cos(x) rounds to 1 (its error there grows as N^2 eps: 4e-6 of the peak
-    at N = 10 in float32).  Written on the differences D_k = U_k - U_{k-1}
+    cos(x) rounds to 1 (its error there grows as N^2 eps: in float32 1.9e-6
+    of the peak at N = 10, 4.4e-6 at N = 16).  Written on the differences D_k = U_k - U_{k-1}
     with e = 2 (cos x - 1) = -4 sin^2(x / 2), which keeps its relative
     accuracy at small x (Reinsch's form),
 
         D_{k+1} = D_k + e U_k,    U_{k+1} = U_k + D_{k+1},    U_0 = D_0 = 1,
 
-    it is as accurate as the quotient for |delta| <= 1/2 (measured: within
-    3e-7 of the peak in float32 up to N = 16).  Equals N at delta = 0 with no
+    it is as accurate as the quotient for |delta| <= 1/2 (in float32 within
+    2.7e-7 of the peak up to N = 16, the quotient 2.5e-7: ``python -m
+    tests.test_torch_speed_paths``).  Equals N at delta = 0 with no
     special case; differentiable in ``delta``.  Under ``torch.no_grad`` (or a
     ``delta`` without gradient) the recurrence runs in place.
     """
