@@ -23,15 +23,17 @@ def padded_table(Fhkl, hkl_min, hkl_max, default_F):
 
 
 def padded_index(nodes, hkl_min, hkl_max):
-    """Flat index (long) into :func:`padded_table` of the nodes (h0, k0, l0).
+    """Flat index (int32) into :func:`padded_table` of the nodes (h0, k0, l0).
 
     Each node is a whole-valued tensor, or a pair (coarse, fine) whose sum is
     meant (a small geometry-dtype tensor and a full one of small whole values,
     see :class:`torchsim.kernel.MillerIndices`).  The index is formed in the
     nodes' float dtype where that holds it exactly (below 2^24 entries in
-    float32); a NaN node reads default_F, as C's range test fails for it.
+    float32, else float64); a NaN node reads default_F, as C's range test
+    fails for it.
     """
     sizes = [hkl_max[i] - hkl_min[i] + 3 for i in range(3)]          # with the padding
+    total = sizes[0] * sizes[1] * sizes[2]
     flat = None
     with torch.no_grad():                 # whole numbers: no gradient flows through an index
         for axis, node in enumerate(nodes):
@@ -40,14 +42,22 @@ def padded_index(nodes, hkl_min, hkl_max):
                 coarse, fine = node
                 # far outside the table stays far outside; near it the sum is exact in fine's dtype
                 base = torch.clamp(coarse - low, -2.0 ** 20, 2.0 ** 20).to(fine.dtype)
-                i = (base + fine).clamp_(0, top)
+                i = (fine + base).clamp_(0, top)        # (the full tensor first: its layout is kept)
             else:
                 i = (node - low).clamp_(0, top)
-            if i.dtype == torch.float32 and sizes[0] * sizes[1] * sizes[2] >= 2 ** 24 or not i.is_floating_point():
+            if i.dtype == torch.float32 and total >= 2 ** 24 or not i.is_floating_point():
                 i = i.to(torch.float64)
             flat = i if flat is None else flat.mul_(sizes[axis]).add_(i)
-        flat = torch.fmax(flat, torch.zeros((), dtype=flat.dtype, device=flat.device), out=flat)   # NaN -> 0
-        return flat.long()
+        # clamp keeps NaN: a NaN node reads the border (default_F); no infinity is left to map
+        return flat.nan_to_num_(0.0).to(torch.int32 if total < 2 ** 31 else torch.int64)
+
+
+def take(table, index):
+    """``table[index]`` for a 1-D table, gathered in ``index``'s memory order (one contiguous pass)."""
+    order = sorted(range(index.dim()), key=lambda d: -index.stride(d))
+    in_memory = index.permute(order).contiguous()       # a view when index is dense
+    values = table.index_select(0, in_memory.reshape(-1)).view(in_memory.shape)
+    return values.permute([order.index(d) for d in range(index.dim())])
 
 
 def nearest_F(h0, k0, l0, Fhkl, hkl_min, hkl_max, default_F, has_table: bool):
@@ -57,7 +67,7 @@ def nearest_F(h0, k0, l0, Fhkl, hkl_min, hkl_max, default_F, has_table: bool):
         shape = (h0[1] if isinstance(h0, tuple) else h0).shape
         return default.expand(shape)
     table = padded_table(Fhkl, hkl_min, hkl_max, default_F)
-    return table[padded_index((h0, k0, l0), hkl_min, hkl_max)]
+    return take(table, padded_index((h0, k0, l0), hkl_min, hkl_max))
 
 
 def outside_interpolation_grid(h, k, l, hkl_min, hkl_max):
