@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 
 from torchsim import Simulator, kernel as K, lattice  # noqa: E402
 from torchsim.allocator import keep_freed_memory  # noqa: E402
-from torchsim.structure_factors import nearest_F, padded_index  # noqa: E402
+from torchsim.structure_factors import nearest_F, padded_index, take  # noqa: E402
 
 
 def quotient(delta, N):
@@ -146,6 +146,14 @@ def test_padded_index_is_exact_for_large_tables():
     size = 303
     expected = [((h + 151) * size + (h + 151)) * size + (h + 151) for h in (150, 149)]
     assert index.tolist() == expected
+
+
+def test_take_follows_the_index_layout():
+    """The gather runs in the index's memory order and returns the index's shape and layout."""
+    table = torch.rand(50, dtype=torch.float64)
+    index = torch.randint(0, 50, (4, 5, 6, 3)).permute(2, 0, 3, 1)         # an orientation-major view
+    values = take(table, index)
+    assert torch.equal(values, table[index]) and values.stride() == index.stride()
 
 
 def test_table_lookup_passes_gradients_to_the_table():
