@@ -161,14 +161,14 @@ def chebyshev_interference(delta: torch.Tensor, N: int) -> torch.Tensor:
         return torch.ones_like(delta)
     in_place = not (torch.is_grad_enabled() and delta.requires_grad)
     x = (math.pi / 2.0) * delta
-    e = x.sin_().square_().mul_(-4.0) if in_place else torch.sin(x) ** 2 * -4.0
-    U, D = e + 2.0, e + 1.0                  # U_1 = 2 cos x, D_1 = U_1 - U_0
+    q = x.sin_().square_() if in_place else torch.sin(x) ** 2          # sin^2(x / 2) = -e / 4
+    U, D = torch.rsub(q, 2.0, alpha=4.0), torch.rsub(q, 1.0, alpha=4.0)   # U_1 = 2 cos x, D_1 = U_1 - U_0
     for _ in range(N - 2):
         if in_place:
-            D.addcmul_(e, U)
+            D.addcmul_(q, U, value=-4.0)
             U.add_(D)
         else:
-            D = torch.addcmul(D, e, U)
+            D = torch.addcmul(D, q, U, value=-4.0)
             U = U + D
     return U
 
