@@ -14,6 +14,13 @@ metres, the scattering vector in 1/metre, direct cell vectors in metres (so
 h = a . S is dimensionless).  Every tensor is made on the device and in the
 dtype of the inputs.
 
+The order above is the tensors' logical shape; their memory can run in
+another order, chosen for the CPU: the sub-pixel vectors component-major
+((3, P, T, S) seen as (P, T, S, 3)) and the per-evaluation tensors
+orientation-major ((F, M, P, T, S, K), see :func:`project`), so that
+element-wise operations run over long contiguous rows.  Nothing depends on
+the layout but the speed.
+
 Semantics follow :mod:`reference.kernel` exactly, including the per-pixel
 cached factors and, under ``parity``, the C bugs: the running-sum
 multiplication under ``-oversample_*`` becomes a reverse cumulative product,
