@@ -164,6 +164,42 @@ def test_table_lookup_passes_gradients_to_the_table():
     assert Fhkl.grad[0, 0, 0] == 1 and Fhkl.grad[1, 1, 1] == 1 and Fhkl.grad.sum() == 2
 
 
+def tricubic_loop(h, k, l, Fhkl, hkl_min):
+    """The 4 x 4 x 4 Lagrange interpolation point by point (float64)."""
+    def weights(x):
+        nodes = (-1.0, 0.0, 1.0, 2.0)
+        return [math.prod(x - nodes[j] for j in range(4) if j != i) / math.prod(nodes[i] - nodes[j] for j in range(4)
+                                                                              if j != i) for i in range(4)]
+    out = []
+    for x, y, z in zip(h.tolist(), k.tolist(), l.tolist()):
+        fx, fy, fz = math.floor(x), math.floor(y), math.floor(z)
+        wx, wy, wz = weights(x - fx), weights(y - fy), weights(z - fz)
+        out.append(sum(wx[a] * wy[b] * wz[c] * float(Fhkl[fx - 1 + a - hkl_min[0], fy - 1 + b - hkl_min[1],
+                                                          fz - 1 + c - hkl_min[2]])
+                       for a in range(4) for b in range(4) for c in range(4)))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def test_tricubic_gathers_equal_the_point_by_point_sum():
+    """Inside the grid the 64 flat gathers give the point-by-point interpolation; outside it they
+    stay inside the table (the caller replaces those values); gradients reach the table."""
+    from torchsim.structure_factors import tricubic_F
+    g = torch.Generator().manual_seed(11)
+    hkl_min = (-5, -4, -6)
+    Fhkl = (torch.rand(12, 10, 14, generator=g, dtype=torch.float64) * 50).requires_grad_()
+    h, k, l = (lo + 2 + torch.rand(500, generator=g, dtype=torch.float64) * (n - 6)
+               for lo, n in zip(hkl_min, Fhkl.shape))
+    ours = tricubic_F(h, k, l, Fhkl, hkl_min, None)
+    assert torch.allclose(ours, tricubic_loop(h, k, l, Fhkl.detach(), hkl_min), rtol=1e-13, atol=1e-12)
+    ours.sum().backward()
+    assert Fhkl.grad.abs().sum() > 0
+    far = torch.tensor([1e6, -1e6, math.nan], dtype=torch.float64)
+    with torch.no_grad():
+        assert tricubic_F(far, far, far, Fhkl, hkl_min, None).shape == (3,)
+        small = torch.rand(2, 3, 9, dtype=torch.float64)            # shorter than 4 along h and k
+        assert tricubic_F(far, far, far, small, (0, 0, 0), None).shape == (3,)
+
+
 # ---- Miller indices ----------------------------------------------------------
 
 @pytest.mark.parametrize("component_major", [False, True])

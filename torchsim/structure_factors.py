@@ -82,19 +82,20 @@ def outside_interpolation_grid(h, k, l, hkl_min, hkl_max):
 def _lagrange_weights(x, x0):
     """Weights of the cubic Lagrange polynomial through x0-1, x0, x0+1, x0+2 at x.
 
-    Returns (..., 4).  Written as C writes it, node by node.
+    Returns a list of 4 tensors shaped as x.  Written as C writes it, node by node.
     """
     nodes = [x0 - 1.0, x0, x0 + 1.0, x0 + 2.0]
+    offsets = [x - node for node in nodes]          # each difference once (the same values as node by node)
     weights = []
     for i in range(4):
-        num = torch.ones_like(x)
-        den = torch.ones_like(x)
+        num = None
+        den = torch.ones_like(x0)
         for j in range(4):
             if j != i:
-                num = num * (x - nodes[j])
+                num = offsets[j] if num is None else num * offsets[j]
                 den = den * (nodes[i] - nodes[j])
         weights.append(num / den)
-    return torch.stack(weights, dim=-1)
+    return weights
 
 
 def tricubic_F(h, k, l, Fhkl, hkl_min, valid):
@@ -104,28 +105,44 @@ def tricubic_F(h, k, l, Fhkl, hkl_min, valid):
     weights are computed in the dtype of ``Fhkl`` from the offsets to the
     grid node below, which loses nothing in lower precision.  ``valid`` marks
     entries whose neighbourhood lies inside the table; other entries read
-    clamped indices and must be replaced by the caller.
+    some neighbourhood inside the table and must be replaced by the caller.
+
+    The 4 x 4 x 4 neighbourhood is read as 64 gathers from the flattened
+    table, each one contiguous pass over the evaluations, and summed along
+    l, then k, then h: a gather of (..., 4, 4, 4) blocks and sums over
+    trailing dimensions of 4 run many times slower on a CPU.
     """
-    hf, kf, lf = torch.floor(h), torch.floor(k), torch.floor(l)
-    shape = Fhkl.shape
-    offs = torch.arange(-1, 3, device=h.device)
+    # (a table shorter than 4 along an axis has no valid neighbourhood; padding keeps every read inside)
+    short = [max(0, 4 - n) for n in Fhkl.shape]
+    table = torch.nn.functional.pad(Fhkl, (0, short[2], 0, short[1], 0, short[0])) if any(short) else Fhkl
+    sizes = table.shape
+    strides = (sizes[1] * sizes[2], sizes[2], 1)
+    flat = table.reshape(-1)
+    weights, first = [], None
+    for x, lo, n, stride in zip((h, k, l), hkl_min, sizes, strides):
+        below = torch.floor(x)
+        weights.append(_lagrange_weights((x - below).to(Fhkl.dtype), torch.zeros((), dtype=Fhkl.dtype,
+                                                                                 device=Fhkl.device)))
+        with torch.no_grad():         # whole numbers: no gradient flows through an index
+            # the neighbourhood's first node, kept inside the table (a valid entry never moves)
+            i = (below - (lo + 1)).nan_to_num_(0.0).clamp_(0, n - 4)
+            first = i * stride if first is None else first.add_(i, alpha=stride)
+    first = first.to(torch.int32 if flat.numel() < 2 ** 31 else torch.int64)
+    wh, wk, wl = weights
 
-    def idx(base, lo, size):
-        i = base.long()[..., None] + offs - lo
-        return i.clamp(0, size - 1)
+    def weighted_sum(terms, w):
+        """sum_i terms(i) w[i], in place when no gradient is recorded."""
+        total = terms(0) * w[0]
+        for i in range(1, 4):
+            if torch.is_grad_enabled():
+                total = total + terms(i) * w[i]
+            else:
+                total.addcmul_(terms(i), w[i])
+        return total
 
-    ih = idx(hf, hkl_min[0], shape[0])
-    ik = idx(kf, hkl_min[1], shape[1])
-    il = idx(lf, hkl_min[2], shape[2])
-    # gather the 4x4x4 neighbourhood: (..., 4, 4, 4)
-    sub = Fhkl[ih[..., :, None, None], ik[..., None, :, None], il[..., None, None, :]]
-    zero = torch.zeros((), dtype=Fhkl.dtype, device=Fhkl.device)
-    wl = _lagrange_weights((l - lf).to(Fhkl.dtype), zero)
-    wk = _lagrange_weights((k - kf).to(Fhkl.dtype), zero)
-    wh = _lagrange_weights((h - hf).to(Fhkl.dtype), zero)
-    along_l = (sub * wl[..., None, None, :]).sum(-1)          # (..., 4, 4)
-    along_k = (along_l * wk[..., None, :]).sum(-1)            # (..., 4)
-    return (along_k * wh).sum(-1)
+    # the entry (a, b, c) steps from the first node: a view of the table that starts there
+    entry = lambda a, b, c: take(flat[a * strides[0] + b * strides[1] + c:], first)  # noqa: E731
+    return weighted_sum(lambda a: weighted_sum(lambda b: weighted_sum(lambda c: entry(a, b, c), wl), wk), wh)
 
 
 def structure_factor(hkl, nodes, sf, use_interp=None):
