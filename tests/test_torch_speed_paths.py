@@ -321,3 +321,24 @@ def _measure():
 
 if __name__ == "__main__":
     _measure()
+
+
+# ---- tools.api_benchmark -----------------------------------------------------
+
+def test_api_benchmark_times_renders_in_one_process(monkeypatch, capsys):
+    from tools import api_benchmark as AB
+    from tools.benchmark import Workload
+    tiny = Workload("tiny", "tiny", ("-cell", "50", "50", "50", "90", "90", "90", "-lambda", "1", "-N", "3",
+                                     "-default_F", "10", "-distance", "50", "-detpixels", "16"), threads=1)
+    monkeypatch.setattr(AB, "WORKLOADS", {"tiny": tiny})
+    assert AB.main(["--workload", "tiny", "--engines", "torch,torch64", "--images", "2"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny")]
+    assert [r.split("|")[2].strip() for r in rows] == ["torch", "torch64"]
+    assert all(len(r.split("|")) == 12 for r in rows)
+
+
+@pytest.mark.parametrize("argv", [["--engines", "c"], ["--engines", ""], ["--images", "0"], ["--threads", "0"]])
+def test_api_benchmark_rejects_bad_options(argv):
+    from tools import api_benchmark as AB
+    with pytest.raises(SystemExit):
+        AB.parse_args(argv)
