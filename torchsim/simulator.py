@@ -49,6 +49,10 @@ the image is the same (n equal copies, averaged) and d image / d spread is
 the derivative in the domains' directions.  With one domain (the default
 at spread 0) there is nothing to rotate and the spread's gradient is None.
 
+**Heap.** The first forward pass on the CPU asks glibc to keep freed memory
+for reuse (:func:`torchsim.allocator.keep_freed_memory`, process-wide): chunk
+after chunk then reuses the same pages instead of faulting fresh ones in.
+
 ``forward()`` returns the float image (slow, fast): what -floatfile writes.
 Everything not listed above (sources' directions, phi steps, oversampling,
 sensor layers, ROI, mask) is fixed at construction.  ``render()`` and
