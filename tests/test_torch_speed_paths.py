@@ -223,7 +223,7 @@ SCENE = ["-cell", "70", "80", "90", "85", "95", "100", "-misset", "5", "10", "20
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("extra", [[], ["-N", "6", "-oversample_omega", "-oversample_polar"], ["-water", "20"]])
+@pytest.mark.parametrize("extra", [[], ["-N", "6", "-oversample_omega", "-oversample_polar"], ["-water", "0.5"]])
 def test_unmasked_sums_equal_the_masked_ones(dtype, extra, monkeypatch):
     """Without a resolution cut spec mode sums every evaluation (F_latt = 0 adds 0); the masked
     sums C's loop does are the same image, bit for bit (the same operations on the kept terms)."""
