@@ -358,14 +358,17 @@ def _offsets_from_nodes(scat, abc, dtype):
     |d| <= 1/2 in ``dtype`` and each node a pair (anchor node, whole offset).
     """
     anchor = scat[:, :1, :1]                                   # (P,1,1,K,3)
-    near = (scat - anchor).to(dtype)                           # (P,T,S,K,3), small
+    # layers and sub-pixels outermost in memory: the anchor's per-pixel part then adds
+    # along contiguous rows of (P, K) (it is the same for every layer and sub-pixel)
+    near = (scat - anchor).to(dtype).permute(1, 2, 0, 3, 4)   # (T,S,P,K,3), small
     in_place = not torch.is_grad_enabled()
     out = []
     for j in range(3):
         axis = abc[:, :, j]                                    # (F,M,3)
         coarse = project(anchor, axis)                         # (P,1,1,K,F,M)
         node = torch.round(coarse)
-        delta = project(near, axis.to(dtype), start=(coarse - node).to(dtype))
+        start = (coarse - node).to(dtype).permute(1, 2, 0, 3, 4, 5)
+        delta = project(near, axis.to(dtype), start=start).permute(2, 0, 1, 3, 4, 5)     # (P,T,S,K,F,M)
         step = torch.round(delta)
         out.append((delta.sub_(step) if in_place else delta - step, (node, step)))
     return out
