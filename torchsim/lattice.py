@@ -133,9 +133,9 @@ def lattice_factor_direct(h, k, l, h0, k0, l0, shape: int, N, recip, fudge, c_si
 
 # Whole N up to this many cells take the Chebyshev form (chebyshev_interference): each
 # further cell costs two multiply-adds over the tensor, against two sines, a division and
-# the masking of delta = 0 for the quotient; the two cost the same near N = 14
+# the masking of delta = 0 for the quotient; the two cost the same near N = 16
 # (tools/api_benchmark.py --chebyshev-max-n; the figures are in specs/engines.md).
-CHEBYSHEV_MAX_N = 12
+CHEBYSHEV_MAX_N = 15
 
 
 def chebyshev_interference(delta: torch.Tensor, N: int) -> torch.Tensor:
