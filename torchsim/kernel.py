@@ -14,6 +14,13 @@ metres, the scattering vector in 1/metre, direct cell vectors in metres (so
 h = a . S is dimensionless).  Every tensor is made on the device and in the
 dtype of the inputs.
 
+The order above is the tensors' logical shape; their memory can run in
+another order, chosen for the CPU: the sub-pixel vectors component-major
+((3, P, T, S) seen as (P, T, S, 3)) and the per-evaluation tensors
+orientation-major ((F, M, P, T, S, K), see :func:`project`), so that
+element-wise operations run over long contiguous rows.  Nothing depends on
+the layout but the speed.
+
 Semantics follow :mod:`reference.kernel` exactly, including the per-pixel
 cached factors and, under ``parity``, the C bugs: the running-sum
 multiplication under ``-oversample_*`` becomes a reverse cumulative product,
@@ -102,6 +109,7 @@ class Factors:
     has_table: bool
     default_F: float
     interpolate: bool
+    finite: bool = False        # every table entry and default_F finite (the sums may skip the F_latt = 0 mask)
 
 
 @dataclass
@@ -166,20 +174,26 @@ def render_pixels(pix, det: Detector, beam: Beam, cry: Crystal, sf: Factors, opt
 
     pos = pixel_positions(pix, det)                                      # (P,T,S,3)
     rays = scattering_vectors(pos, beam)                                 # (P,T,S,K,...)
-    first_kept, any_kept = _first_true(rays.keep.reshape(P, -1))
+    if rays.all_kept:
+        first_kept = torch.zeros(P, dtype=torch.long, device=pix.device)
+        any_kept = torch.ones(P, dtype=torch.bool, device=pix.device)
+    else:
+        first_kept, any_kept = _first_true(rays.keep.reshape(P, -1))
 
     # low precision without interpolation or tracing: offsets from a float64 anchor
     anchored = (dtype != det.pix0.dtype and not sf.interpolate and not want_trace
                 and not (opt.parity and opt.first_pixel >= 0))
     miller = miller_indices(pix, rays.S, cry, opt, dtype, anchored, first_kept, any_kept)
-    F_latt = lattice_factor(miller, cry, opt.parity)                     # (P,T,S,K,F,M)
-    valid = rays.keep[..., None, None].expand(miller.shape)
-    if opt.water_size == 0.0:
-        valid = valid & (F_latt != 0.0)       # C skips the evaluation (and the table look-up)
+    F_latt = lattice_factor(miller, cry, opt.parity, signed=want_trace)  # (P,T,S,K,F,M); the image needs F_latt^2
+    valid = None
+    if _needs_mask(beam, sf, opt, want_trace):
+        valid = rays.keep[..., None, None].expand(miller.shape)
+        if opt.water_size == 0.0:
+            valid = valid & (F_latt != 0.0)   # C skips the evaluation (and the table look-up)
 
     use_interp, eval_index = _interpolation_cut(pix, valid, opt) if sf.interpolate else (None, None)
-    F_cell, off_grid = structure_factor(miller.hkl, miller.node_values() if sf.has_table else None, sf, use_interp)
-    oob_eval, oob_hkl = _first_out_of_table(valid, use_interp, off_grid, eval_index, miller.hkl, det.pix0.dtype)
+    F_cell, off_grid = structure_factor(miller.hkl, miller.nodes if sf.has_table else None, sf, use_interp)
+    oob_eval, oob_hkl = _first_out_of_table(pix, valid, use_interp, off_grid, eval_index, miller.hkl, det.pix0.dtype)
 
     factors = pixel_factors(pos, rays, det, beam, opt, dtype, first_kept, any_kept)
     term = intensity_terms(F_cell, F_latt, valid, sf.default_F)
@@ -196,6 +210,17 @@ def render_pixels(pix, det: Detector, beam: Beam, cry: Crystal, sf: Factors, opt
                        factors.capture[:, -1, -1] if opt.over_thick else factors.capture_cached[:, -1],
                        I, value, beam, cry)
     return value, omega_sum, oob_eval, oob_hkl, trace
+
+
+def _needs_mask(beam: Beam, sf: Factors, opt: Options, want_trace: bool) -> bool:
+    """Whether any evaluation is skipped in a way the sums can see.
+
+    C skips an evaluation outside the resolution cut, and one whose F_latt
+    is 0.  Without a cut the second changes nothing when every structure
+    factor is finite (its term is 0 either way), so spec mode then sums the
+    terms unmasked; parity, interpolation and the trace count evaluations.
+    """
+    return opt.parity or sf.interpolate or want_trace or beam.dmin > 0.0 or not sf.finite
 
 
 def pixel_positions(pix, det: Detector):
@@ -217,8 +242,10 @@ def pixel_positions(pix, det: Detector):
     Fdet = sub * (fpixel[:, None] * n + subF[None, :]).to(dtype) + sub / 2.0
     Sdet = sub * (spixel[:, None] * n + subS[None, :]).to(dtype) + sub / 2.0
     Odet = torch.arange(det.thicksteps, device=device, dtype=dtype) * det.thickstep
-    pos = (Fdet[:, None, :, None] * det.fdet + Sdet[:, None, :, None] * det.sdet
-           + Odet[None, :, None, None] * det.odet + det.pix0)
+    # component-major memory, (3, P, T, S) seen as (P, T, S, 3): every later operation on
+    # the vectors then runs over long contiguous rows (the trailing 3 is a CPU's slowest stride)
+    pos = torch.stack([Fdet[:, None, :] * det.fdet[c] + Sdet[:, None, :] * det.sdet[c]
+                       + Odet[None, :, None] * det.odet[c] + det.pix0[c] for c in range(3)]).permute(1, 2, 3, 0)
     if det.curved:
         # every pixel at the same distance: detector coordinates become angles
         D = det.distance
@@ -237,22 +264,28 @@ class Scattering:
     diffracted: torch.Tensor    # (P, T, S, 3) unit
     incident: torch.Tensor      # (K, 3) unit, direction of travel
     S: torch.Tensor             # (P, T, S, K, 3) scattering vector, 1/m
-    stol: torch.Tensor          # (P, T, S, K) sin(theta)/lambda, 1/m
     keep: torch.Tensor          # (P, T, S, K) bool: passes the -dmin resolution cut
+    all_kept: bool              # no resolution cut: keep is all True
+
+    @property
+    def stol(self) -> torch.Tensor:
+        """(P, T, S, K) sin(theta)/lambda, 1/m (formed when asked: only the cut and the trace need it)."""
+        return 0.5 * norm3(self.S)
 
 
 def scattering_vectors(pos, beam: Beam) -> Scattering:
-    """Stage: diffracted and incident directions, S = (d - i) / lambda, stol and the dmin cut."""
+    """Stage: diffracted and incident directions, S = (d - i) / lambda, and the dmin cut on stol."""
     airpath = norm3(pos)
     d = pos / airpath[..., None]
     incident = -beam.directions                                          # (K,3)
     S = (d[:, :, :, None, :] - incident) / beam.wavelengths[:, None]     # (P,T,S,K,3)
-    stol = 0.5 * norm3(S)
-    if beam.dmin > 0.0:
-        keep = ~((stol > 0.0) & (beam.dmin > 0.5 / torch.where(stol > 0, stol, torch.ones_like(stol))))
+    rays = Scattering(airpath, d, incident, S, None, beam.dmin <= 0.0)
+    if rays.all_kept:
+        rays.keep = torch.ones(S.shape[:-1], dtype=torch.bool, device=S.device)
     else:
-        keep = torch.ones_like(stol, dtype=torch.bool)
-    return Scattering(airpath, d, incident, S, stol, keep)
+        stol = rays.stol
+        rays.keep = ~((stol > 0.0) & (beam.dmin > 0.5 / torch.where(stol > 0, stol, torch.ones_like(stol))))
+    return rays
 
 
 @dataclass
@@ -306,7 +339,7 @@ def miller_indices(pix, S, cry: Crystal, opt: Options, dtype, anchored: bool, fi
         h, k, l = (x.contiguous() for x in hkl.unbind(-1))
     else:
         # one product per index keeps each of h, k, l contiguous in memory
-        h, k, l = (torch.einsum("ptskc,fmc->ptskfm", S, cry.abc_later[:, :, j]) for j in range(3))
+        h, k, l = (project(S, cry.abc_later[:, :, j]) for j in range(3))
     if dtype == h.dtype:
         h0, k0, l0 = torch.ceil(h - 0.5), torch.ceil(k - 0.5), torch.ceil(l - 0.5)   # C's rounding
         return MillerIndices((h, k, l), (h0, k0, l0), None)
@@ -325,16 +358,40 @@ def _offsets_from_nodes(scat, abc, dtype):
     |d| <= 1/2 in ``dtype`` and each node a pair (anchor node, whole offset).
     """
     anchor = scat[:, :1, :1]                                   # (P,1,1,K,3)
-    near = (scat - anchor).to(dtype)                           # (P,T,S,K,3), small
+    # layers and sub-pixels outermost in memory: the anchor's per-pixel part then adds
+    # along contiguous rows of (P, K) (it is the same for every layer and sub-pixel)
+    near = (scat - anchor).to(dtype).permute(1, 2, 0, 3, 4)   # (T,S,P,K,3), small
+    in_place = not torch.is_grad_enabled()
     out = []
     for j in range(3):
         axis = abc[:, :, j]                                    # (F,M,3)
-        coarse = torch.einsum("ptskc,fmc->ptskfm", anchor, axis)
+        coarse = project(anchor, axis)                         # (P,1,1,K,F,M)
         node = torch.round(coarse)
-        delta = (coarse - node).to(dtype) + torch.einsum("ptskc,fmc->ptskfm", near, axis.to(dtype))
+        start = (coarse - node).to(dtype).permute(1, 2, 0, 3, 4, 5)
+        delta = project(near, axis.to(dtype), start=start).permute(2, 0, 1, 3, 4, 5)     # (P,T,S,K,F,M)
         step = torch.round(delta)
-        out.append((delta - step, (node, step)))
+        out.append((delta.sub_(step) if in_place else delta - step, (node, step)))
     return out
+
+
+def project(v, axes, start=None):
+    """v . axes for every (phi, mosaic) orientation: (P, T, S, K, 3) x (F, M, 3) -> (P, T, S, K, F, M).
+
+    The result is a view whose memory runs orientation-major, (F, M, P, T, S,
+    K): one matrix product (F M, 3) x (3, P T S K) whose rows are long,
+    against a product with F M columns, which a CPU runs several times
+    slower.  Element-wise operations keep that layout, and the sums over
+    (F, M) run over the outermost memory dimensions.  ``start``
+    (broadcastable to the result) is added.
+    """
+    F, M = axes.shape[:2]
+    lead = v.shape[:-1]
+    columns = v.movedim(-1, 0).reshape(3, -1)            # a view when v is component-major
+    out = torch.mm(axes.reshape(F * M, 3), columns).view(F, M, *lead)
+    out = out.permute(*range(2, 2 + len(lead)), 0, 1)
+    if start is None:
+        return out
+    return out.add_(start) if not torch.is_grad_enabled() else out + start
 
 
 def _node_value(node):
@@ -373,15 +430,15 @@ def _interpolation_cut(pix, valid, opt: Options):
     return use_interp, eval_index
 
 
-def _first_out_of_table(valid, use_interp, off_grid, eval_index, hkl, gdt):
+def _first_out_of_table(pix, valid, use_interp, off_grid, eval_index, hkl, gdt):
     """Each pixel's first evaluation whose interpolation neighbourhood leaves the table.
 
     Returns (evaluation index (P,) long, -1 if none; its (h, k, l) (P, 3)):
     the engine's warning, and under parity where C switches interpolation off.
     """
-    P = valid.shape[0]
-    oob_eval = torch.full((P,), -1, dtype=torch.long, device=valid.device)
-    oob_hkl = torch.zeros(P, 3, dtype=gdt, device=valid.device)
+    P, device = pix.shape[0], pix.device
+    oob_eval = torch.full((P,), -1, dtype=torch.long, device=device)
+    oob_hkl = torch.zeros(P, 3, dtype=gdt, device=device)
     if off_grid is None:
         return oob_eval, oob_hkl
     here = (valid & use_interp & off_grid).reshape(P, -1)
@@ -495,11 +552,13 @@ def pixel_factors(pos, rays: Scattering, det: Detector, beam: Beam, opt: Options
 
 
 def intensity_terms(F_cell, F_latt, valid, default_F):
-    """F_cell^2 F_latt^2 of every evaluation (0 where skipped); F_cell None: the constant default_F."""
-    zero = torch.zeros((), dtype=F_latt.dtype, device=F_latt.device)
-    if F_cell is None:                    # constant F: one scalar factor
-        return torch.where(valid, (default_F * default_F) * (F_latt * F_latt), zero)
-    return torch.where(valid, F_cell * F_cell * F_latt * F_latt, zero)      # (P,T,S,K,F,M)
+    """F_cell^2 F_latt^2 of every evaluation (0 where skipped; ``valid`` None: none is);
+    F_cell None: the constant default_F."""
+    F = F_latt * default_F if F_cell is None else F_cell * F_latt           # (P,T,S,K,F,M)
+    term = F.square_() if not torch.is_grad_enabled() else F * F
+    if valid is None:
+        return term
+    return torch.where(valid, term, torch.zeros((), dtype=term.dtype, device=term.device))
 
 
 def accumulate(term, valid, factors: PixelFactors, beam: Beam, opt: Options):
@@ -547,13 +606,14 @@ def accumulate(term, valid, factors: PixelFactors, beam: Beam, opt: Options):
             value = value * f.omega_cached
         return value, I
 
-    term = term * beam.scales[:, None, None]
+    # every weight below is the same for all (phi, mosaic) orientations: sum those first
+    term = term.sum((-2, -1)) * beam.scales                             # (P,T,S,K)
     if opt.over_thick:
-        term = term * f.capture[:, :, :, None, None, None]
+        term = term * f.capture[..., None]
     if opt.over_polar and not beam.nopolar:
-        term = term * f.polar[ext]
+        term = term * f.polar
     if opt.over_omega:
-        term = term * f.omega[:, :, :, None, None, None]
+        term = term * f.omega[..., None]
     per_layer = term.reshape(P, T, -1).sum(-1)
     I = per_layer.sum(-1) if opt.over_thick else (per_layer * f.capture_cached).sum(-1)
     bragg = I

@@ -131,7 +131,49 @@ def lattice_factor_direct(h, k, l, h0, k0, l0, shape: int, N, recip, fudge, c_si
     return Na * Nb * Nc * (rad_star_sqr * fudge < 0.3969).to(h.dtype)
 
 
-def sincg_reduced(delta, n, N, N_int=None):
+# Whole N up to this many cells take the Chebyshev form (chebyshev_interference): each
+# further cell costs two multiply-adds over the tensor, against two sines, a division and
+# the masking of delta = 0 for the quotient; the two cost the same near N = 16
+# (tools/api_benchmark.py --chebyshev-max-n; the figures are in specs/engines.md).
+CHEBYSHEV_MAX_N = 15
+
+
+def chebyshev_interference(delta: torch.Tensor, N: int) -> torch.Tensor:
+    """sin(pi N delta) / sin(pi delta) for a whole N >= 1, without a quotient.
+
+    The interference function of N cells is the Chebyshev polynomial of the
+    second kind U_{N-1}(cos x), x = pi delta.  The plain recurrence
+    U_{k+1} = 2 cos(x) U_k - U_{k-1} loses accuracy next to a node, where
+    cos(x) rounds to 1 (its error there grows as N^2 eps: in float32 1.9e-6
+    of the peak at N = 10, 4.4e-6 at N = 16).  Written on the differences D_k = U_k - U_{k-1}
+    with e = 2 (cos x - 1) = -4 sin^2(x / 2), which keeps its relative
+    accuracy at small x (Reinsch's form),
+
+        D_{k+1} = D_k + e U_k,    U_{k+1} = U_k + D_{k+1},    U_0 = D_0 = 1,
+
+    it is as accurate as the quotient for |delta| <= 1/2 (in float32 within
+    2.7e-7 of the peak up to N = 16, the quotient 2.5e-7: ``python -m
+    tests.test_torch_speed_paths``).  Equals N at delta = 0 with no
+    special case; differentiable in ``delta``.  Under ``torch.no_grad`` (or a
+    ``delta`` without gradient) the recurrence runs in place.
+    """
+    if N == 1:
+        return torch.ones_like(delta)
+    in_place = not (torch.is_grad_enabled() and delta.requires_grad)
+    x = (math.pi / 2.0) * delta
+    q = x.sin_().square_() if in_place else torch.sin(x) ** 2          # sin^2(x / 2) = -e / 4
+    U, D = torch.rsub(q, 2.0, alpha=4.0), torch.rsub(q, 1.0, alpha=4.0)   # U_1 = 2 cos x, D_1 = U_1 - U_0
+    for _ in range(N - 2):
+        if in_place:
+            D.addcmul_(q, U, value=-4.0)
+            U.add_(D)
+        else:
+            D = torch.addcmul(D, q, U, value=-4.0)
+            U = U + D
+    return U
+
+
+def sincg_reduced(delta, n, N, N_int=None, signed=True):
     """sin(pi N h) / sin(pi h) for h = n + delta, n integer, |delta| <= 1/2.
 
     For integer N this equals (-1)^(n (N-1)) sin(pi N delta) / sin(pi delta),
@@ -139,33 +181,42 @@ def sincg_reduced(delta, n, N, N_int=None):
     below pi N / 2 instead of growing with h.  ``N_int`` is N as a Python int
     when the caller knows it is whole (the command line's N always is);
     otherwise (N a free, real parameter) the value is :func:`interference`,
-    without the sign.
+    without the sign.  Whole N up to ``CHEBYSHEV_MAX_N`` take
+    :func:`chebyshev_interference`, larger ones the quotient.  ``signed``
+    False leaves out the sign (-1)^(n (N-1)), for callers that only square
+    the factor.
     """
     if N_int is None:
         return interference(delta, torch.as_tensor(N, device=delta.device).to(delta.dtype))
-    s = torch.sin(math.pi * delta)
-    zero = delta == 0
-    safe = torch.where(zero, torch.ones_like(s), s)
-    ratio = torch.where(zero, torch.full_like(delta, float(N_int)), torch.sin((math.pi * N_int) * delta) / safe)
-    if N_int % 2 == 1:
+    if N_int <= CHEBYSHEV_MAX_N:
+        ratio = chebyshev_interference(delta, N_int)
+    else:
+        s = torch.sin(math.pi * delta)
+        zero = delta == 0
+        safe = torch.where(zero, torch.ones_like(s), s)
+        ratio = torch.where(zero, torch.full_like(delta, float(N_int)),
+                            torch.sin((math.pi * N_int) * delta) / safe)
+    if N_int % 2 == 1 or not signed:
         return ratio                       # (-1)^(n (N-1)) = 1 for odd N
-    odd_n = _odd(n).to(delta.dtype)
-    return ratio * (1 - 2 * odd_n)
+    return torch.addcmul(ratio, ratio, _odd(n).to(ratio.dtype), value=-2.0)      # ratio (-1)^n
 
 
 def _odd(n):
-    """1 where the whole number n is odd; n may be a pair (coarse, fine) whose sum is meant."""
+    """1.0 where the whole number n is odd, else 0.0; n may be a pair (coarse, fine) whose sum is meant."""
     if isinstance(n, tuple):
-        coarse, fine = n
-        return (coarse.long() + fine.long()) & 1
-    return n.long() & 1
+        coarse, fine = n                   # fine: small whole values, exact in its own dtype
+        n = torch.remainder(coarse, 2.0).to(fine.dtype) + fine
+    return torch.remainder(n, 2.0)
 
 
-def lattice_factor_reduced(dh, dk, dl, h0, k0, l0, shape: int, N, recip, fudge, N_int=None, c_sinc3=False):
+def lattice_factor_reduced(dh, dk, dl, h0, k0, l0, shape: int, N, recip, fudge, N_int=None, c_sinc3=False,
+                           signed=True):
     """:func:`lattice_factor` from offsets (dh, dk, dl) to the nearest node (h0, k0, l0).
 
     The offsets are in the compute dtype; h0, k0, l0 in the (higher) geometry
     dtype.  ``N_int``: (Na, Nb, Nc) as Python ints when known to be whole.
+    ``signed`` False: the square shape's factor up to its sign (see
+    :func:`sincg_reduced`).
     """
     if shape == SQUARE:
         Ni = N_int if N_int is not None else (None, None, None)
@@ -173,14 +224,17 @@ def lattice_factor_reduced(dh, dk, dl, h0, k0, l0, shape: int, N, recip, fudge, 
         for delta, node, axis in ((dh, h0, 0), (dk, k0, 1), (dl, l0, 2)):
             if Ni[axis] == 1:
                 continue                   # one cell: the factor is exactly 1
-            f = sincg_reduced(delta, node, N[axis], Ni[axis])
-            F = f if F is None else F * f
+            f = sincg_reduced(delta, node, N[axis], Ni[axis], signed)
+            if F is None:
+                F = f
+            else:
+                F = F.mul_(f) if not torch.is_grad_enabled() else F * f
         return torch.ones_like(dh) if F is None else F
     zero = torch.zeros_like(dh)
     return lattice_factor_direct(dh, dk, dl, zero, zero, zero, shape, N, recip, fudge, c_sinc3)
 
 
-def lattice_factor(miller, cry, c_sinc3: bool = False):
+def lattice_factor(miller, cry, c_sinc3: bool = False, signed: bool = True):
     """Stage: F_latt of every evaluation, (P, T, S, K, F, M), in the compute dtype.
 
     ``miller`` holds the fractional indices ``hkl`` (or None), their nearest
@@ -197,6 +251,10 @@ def lattice_factor(miller, cry, c_sinc3: bool = False):
     * N a free parameter (``N_int`` None, or N requiring a gradient): the
       real-N form :func:`interference`, smooth in N; its dI/dN is finite
       everywhere (C's form would give the derivative of a pole).
+
+    ``signed`` False allows the whole-N reduced form to leave out its sign
+    (-1)^(n (N-1)): the image sees F_latt^2 only, and the sign costs three
+    passes over the evaluations for an even N.
     """
     N_int = cry.N_int
     if torch.is_grad_enabled() and isinstance(cry.N, torch.Tensor) and cry.N.requires_grad:
@@ -207,4 +265,5 @@ def lattice_factor(miller, cry, c_sinc3: bool = False):
         return lattice_factor_direct(h, k, l, h0, k0, l0, cry.shape, cry.N, cry.recip, cry.fudge, c_sinc3)
     dh, dk, dl = miller.node_offsets()
     h0, k0, l0 = miller.nodes
-    return lattice_factor_reduced(dh, dk, dl, h0, k0, l0, cry.shape, cry.N, cry.recip, cry.fudge, N_int, c_sinc3)
+    return lattice_factor_reduced(dh, dk, dl, h0, k0, l0, cry.shape, cry.N, cry.recip, cry.fudge, N_int, c_sinc3,
+                                  signed)

@@ -49,6 +49,10 @@ the image is the same (n equal copies, averaged) and d image / d spread is
 the derivative in the domains' directions.  With one domain (the default
 at spread 0) there is nothing to rotate and the spread's gradient is None.
 
+**Heap.** The first forward pass on the CPU asks glibc to keep freed memory
+for reuse (:func:`torchsim.allocator.keep_freed_memory`, process-wide): chunk
+after chunk then reuses the same pages instead of faulting fresh ones in.
+
 ``forward()`` returns the float image (slow, fast): what -floatfile writes.
 Everything not listed above (sources' directions, phi steps, oversampling,
 sensor layers, ROI, mask) is fixed at construction.  ``render()`` and
@@ -70,6 +74,7 @@ from reference.structure_factors import skip_cache_write
 from reference.scene import AVOGADRO, R_E_SQR, SHAPE_CODE, WATER_F, WATER_MW, RenderResult, build_scene, \
     first_out_of_table, rendered_mask
 from torchsim import kernel as K
+from torchsim.allocator import keep_freed_memory
 from torchsim.crystal import axis_angle_matrices, cell_constants, cell_vectors, fixed_orientation, mosaic_draws, \
     mosaic_rotations, misset_rotation, orientation_tables
 from torchsim.geometry import Frame, place_detector
@@ -315,9 +320,11 @@ class Simulator(nn.Module):
 
     def factors(self) -> K.Factors:
         sc, cfg = self.scene, self.config
-        return K.Factors(self.Fhkl.to(self.dtype), tuple(int(x) for x in sc.hkl_min),
-                         tuple(int(x) for x in sc.hkl_max), sc.hkls != 0, float(cfg.default_F),
-                         bool(sc.interpolate))
+        Fhkl = self.Fhkl.to(self.dtype)
+        with torch.no_grad():                 # a property of the data, not a differentiable quantity
+            finite = math.isfinite(cfg.default_F) and (sc.hkls == 0 or bool(torch.isfinite(Fhkl).all()))
+        return K.Factors(Fhkl, tuple(int(x) for x in sc.hkl_min), tuple(int(x) for x in sc.hkl_max), sc.hkls != 0,
+                         float(cfg.default_F), bool(sc.interpolate), finite)
 
     def options(self) -> K.Options:
         """Per-pixel flags and the overall scale; parity's first pixel and cut are set later."""
@@ -419,6 +426,8 @@ class Simulator(nn.Module):
         gradients, before the pass that counts.
         """
         det, beam, cry, sf, opt = inputs = self.kernel_inputs()
+        if det.pix0.device.type == "cpu":
+            keep_freed_memory()               # chunk after chunk reuses the heap (torchsim.allocator)
         parity = self.scene.parity
         if parity:
             opt.first_pixel = self._first_evaluated(det, beam)
