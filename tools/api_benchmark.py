@@ -162,9 +162,9 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     opts = parse_args(argv)
     names = list(WORKLOADS) if opts.workload == "all" else [opts.workload]
-    if opts.glibc_default_heap:
-        from torchsim import simulator
-        simulator.keep_freed_memory = lambda: False
+    if not opts.glibc_default_heap and any(e.startswith("torch") for e in opts.engines):
+        from torchsim.allocator import keep_freed_memory
+        keep_freed_memory()         # as nanobragg -engine torch does
     if opts.chebyshev_max_n is not None:
         from torchsim import lattice
         lattice.CHEBYSHEV_MAX_N = opts.chebyshev_max_n

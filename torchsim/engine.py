@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from reference.scene import RenderResult
+from torchsim.allocator import keep_freed_memory
 from torchsim.simulator import BYTES_PER_EVAL, BYTES_PER_EVAL_INTERP, CPU_CHUNK_BYTES, Simulator, \
     resolve_device, resolve_dtype
 
@@ -38,6 +39,8 @@ def render(sc, progress: bool = True, keep_precision: bool = False) -> RenderRes
     dtype with ``keep_precision``.
     """
     sim = simulator_for(sc)
+    if resolve_device(sc.cfg.device).type == "cpu":
+        keep_freed_memory()         # our own process: chunk after chunk reuses the heap (torchsim.allocator)
     return sim.render(progress=progress, out_dtype=sim.dtype if keep_precision else torch.float32)
 
 

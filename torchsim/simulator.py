@@ -49,9 +49,11 @@ the image is the same (n equal copies, averaged) and d image / d spread is
 the derivative in the domains' directions.  With one domain (the default
 at spread 0) there is nothing to rotate and the spread's gradient is None.
 
-**Heap.** The first forward pass on the CPU asks glibc to keep freed memory
-for reuse (:func:`torchsim.allocator.keep_freed_memory`, process-wide): chunk
-after chunk then reuses the same pages instead of faulting fresh ones in.
+**Heap.** On the CPU a pass renders chunk after chunk, and runs faster when
+glibc keeps the freed memory for the next chunk instead of faulting fresh
+pages in: call :func:`torchsim.allocator.keep_freed_memory` once.  It
+changes the whole process's heap settings, so the Simulator leaves that to
+you; ``nanobragg -engine torch`` and ``nanobragg-dataset`` call it.
 
 ``forward()`` returns the float image (slow, fast): what -floatfile writes.
 Everything not listed above (sources' directions, phi steps, oversampling,
@@ -74,7 +76,6 @@ from reference.structure_factors import skip_cache_write
 from reference.scene import AVOGADRO, R_E_SQR, SHAPE_CODE, WATER_F, WATER_MW, RenderResult, build_scene, \
     first_out_of_table, rendered_mask
 from torchsim import kernel as K
-from torchsim.allocator import keep_freed_memory
 from torchsim.crystal import axis_angle_matrices, cell_constants, cell_vectors, fixed_orientation, mosaic_draws, \
     mosaic_rotations, misset_rotation, orientation_tables
 from torchsim.geometry import Frame, place_detector
@@ -426,8 +427,6 @@ class Simulator(nn.Module):
         gradients, before the pass that counts.
         """
         det, beam, cry, sf, opt = inputs = self.kernel_inputs()
-        if det.pix0.device.type == "cpu":
-            keep_freed_memory()               # chunk after chunk reuses the heap (torchsim.allocator)
         parity = self.scene.parity
         if parity:
             opt.first_pixel = self._first_evaluated(det, beam)
