@@ -49,7 +49,7 @@ def leftovers(folder):
 
 # the last line printed before the render starts
 BEFORE_RENDER = "water droplet size"
-SLOW_RENDER = CELL + ["-default_F", "10", "-N", "5", "-detpixels", "1000", "-oversample", "3", "-seed", "1"]
+SLOW_RENDER = CELL + ["-default_F", "10", "-N", "5", "-detpixels", "1000", "-oversample", "6", "-seed", "1"]
 # a quick render of a large image: the writing and the noise image take a while
 BIG_IMAGE = CELL + ["-default_F", "10", "-N", "1", "-detpixels", "2500", "-oversample", "1", "-seed", "1"]
 
