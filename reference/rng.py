@@ -342,6 +342,16 @@ def _powf(base, exponent):
 
 
 @njit(cache=True)
+def mosaic_angle(mosaicity, r3):
+    """A domain's rotation angle, mosaicity * (1 - r3**2)**(1/3), in single precision as C.
+
+    ``mosaicity`` (radians) and the result are rounded to float32 (C's
+    float * powf); ``r3`` is the third uniform draw in [-1, 1].
+    """
+    return _f64(_f32(_f32(mosaicity) * _powf(1.0 - r3 * r3, 1.0 / 3.0)))
+
+
+@njit(cache=True)
 def mosaic_rotation_umat(mosaicity, state):
     """Random rotation matrix for one mosaic domain.
 
@@ -360,8 +370,7 @@ def mosaic_rotation_umat(mosaicity, state):
     r3 = 2.0 * ran1(state) - 1.0
 
     xyrad = math.sqrt(1.0 - r2 * r2)
-    # C evaluates the angle in single precision (float * powf).
-    rot = _f64(_f32(_f32(mosaicity) * _powf(1.0 - r3 * r3, 1.0 / 3.0)))
+    rot = mosaic_angle(mosaicity, r3)
 
     # Unit rotation axis (v1, v2, v3).
     v1 = xyrad * math.sin(math.pi * r1)

@@ -373,7 +373,7 @@ def _check_crystal_inputs(cfg: Config) -> bool:
 # sampling: phi steps, divergence, dispersion, sensor layers, mosaic domains
 # --------------------------------------------------------------------------
 
-def _auto_steps(steps, rng, step, user_range_default):
+def auto_steps(steps, rng, step, user_range_default):
     """C's rule for (number of steps, range, step) when some are not given.
 
     Used for divergence and dispersion; -1 (or <=0) means "not given".
@@ -455,9 +455,9 @@ def divergence_and_dispersion(cfg: Config) -> tuple:
 
     Divergence in radians, dispersion as a fraction of the wavelength.
     """
-    hdiv = _auto_steps(cfg.hdivsteps, cfg.hdivrange, cfg.hdivstep, 1.0)
-    vdiv = _auto_steps(cfg.vdivsteps, cfg.vdivrange, cfg.vdivstep, 1.0)
-    disp = _auto_steps(cfg.dispsteps, cfg.dispersion, -1.0, 1.0)
+    hdiv = auto_steps(cfg.hdivsteps, cfg.hdivrange, cfg.hdivstep, 1.0)
+    vdiv = auto_steps(cfg.vdivsteps, cfg.vdivrange, cfg.vdivstep, 1.0)
+    disp = auto_steps(cfg.dispsteps, cfg.dispersion, -1.0, 1.0)
 
     def nothing_to_sample(steps, rng, step):
         return (1, 0.0, 0.0) if rng <= 0.0 or step <= 0.0 or steps <= 0 else (steps, rng, step)

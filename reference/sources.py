@@ -30,7 +30,7 @@ def _ieee_div(x, y):
     return float(np.float64(x) / np.float64(y)) if y == 0 else x / y
 
 
-def _inside_ellipse(hdiv, vdiv, hstep, hsteps, hrange, vstep, vsteps, vrange):
+def inside_ellipse(hdiv, vdiv, hstep, hsteps, hrange, vstep, vsteps, vrange):
     """C's test for keeping a divergence grid point (round_div)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         test = _ieee_div(hdiv * hdiv - hstep * hstep / 4.0 * (1 - hsteps % 2), hrange)
@@ -85,7 +85,7 @@ def _generate(cfg, beam, polar_vector, lambda0, hdivsteps, hdivrange, hdivstep,
         for iv in range(vdivsteps):
             hdiv = hdivstep * ih - hdivrange / 2.0
             vdiv = vdivstep * iv - vdivrange / 2.0
-            if cfg.round_div and not _inside_ellipse(hdiv, vdiv, hdivstep, hdivsteps, hdivrange,
+            if cfg.round_div and not inside_ellipse(hdiv, vdiv, hdivstep, hdivsteps, hdivrange,
                                                      vdivstep, vdivsteps, vdivrange):
                 continue
             grid.append((hdiv, vdiv))

@@ -144,8 +144,7 @@ def mosaic_draws(mosaic_stream, domains: int, spread: float):
         axes[m] = (xy * math.sin(math.pi * r1), xy * math.cos(math.pi * r1), r2)
         if spread > 0.0:
             # the angle exactly as C computes it (float * powf), over the spread
-            angle = rng._f64(rng._f32(rng._f32(spread) * rng._powf(1.0 - r3 * r3, 1.0 / 3.0)))
-            fractions[m] = float(angle) / spread
+            fractions[m] = float(rng.mosaic_angle(spread, r3)) / spread
         else:
             fractions[m] = (1.0 - r3 * r3) ** (1.0 / 3.0)
     fractions[0] = 0.0

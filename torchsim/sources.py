@@ -45,18 +45,18 @@ def divergence_grid(cfg):
     The step rules are the shared front end's (:func:`reference.scene.build_scene`);
     only the angles, which the scene does not keep, are enumerated here.
     """
-    from reference.scene import _auto_steps
-    from reference.sources import _inside_ellipse
+    from reference.scene import auto_steps
+    from reference.sources import inside_ellipse
 
     def steps(count, span, step):
-        count, span, step = _auto_steps(count, span, step, 1.0)
+        count, span, step = auto_steps(count, span, step, 1.0)
         if span <= 0.0 or step <= 0.0 or count <= 0:
             return 1, 0.0, 0.0
         return count, span, step
 
     hsteps, hrange, hstep = steps(cfg.hdivsteps, cfg.hdivrange, cfg.hdivstep)
     vsteps, vrange, vstep = steps(cfg.vdivsteps, cfg.vdivrange, cfg.vdivstep)
-    dsteps, dispersion, dstep = _auto_steps(cfg.dispsteps, cfg.dispersion, -1.0, 1.0)
+    dsteps, dispersion, dstep = auto_steps(cfg.dispsteps, cfg.dispersion, -1.0, 1.0)
     if dispersion <= 0.0 or dstep <= 0.0 or dsteps <= 0:
         dsteps = 1
     grid = []
@@ -64,7 +64,7 @@ def divergence_grid(cfg):
         for iv in range(vsteps):
             hdiv = hstep * ih - hrange / 2.0
             vdiv = vstep * iv - vrange / 2.0
-            if cfg.round_div and not _inside_ellipse(hdiv, vdiv, hstep, hsteps, hrange, vstep, vsteps, vrange):
+            if cfg.round_div and not inside_ellipse(hdiv, vdiv, hstep, hsteps, hrange, vstep, vsteps, vrange):
                 continue
             grid.extend([(hdiv, vdiv)] * dsteps)
     angles = np.array(grid, dtype=np.float64).reshape(-1, 2)
