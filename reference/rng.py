@@ -95,7 +95,6 @@ _f64 = np.float64
 # ---------------------------------------------------------------------------
 # State constructors
 # ---------------------------------------------------------------------------
-@njit(cache=True)
 def new_stream(idum):
     """Return a fresh uniform-stream state seeded with ``idum``.
 
@@ -105,6 +104,10 @@ def new_stream(idum):
     shuffle table, exactly as in C.  The table is empty (``iy = 0``)
     so a positive ``idum`` also triggers loading, but C then replaces
     the seed by 1 (see :func:`ran1`).
+
+    Plain Python (only Python calls it): a run that never draws, such as a
+    torch render without mosaic domains or noise, then never calls a
+    compiled function (the first call of one loads Numba's typing registries).
     """
     state = np.zeros(STREAM_SIZE, dtype=np.int64)
     state[0] = idum
