@@ -22,10 +22,11 @@ Per pixel the solid angle, polarization and capture fraction are computed
 once (at the first sub-pixel, first source, and first sub-pixel of each
 layer) and reused, as C does, unless an ``-oversample_*`` flag asks for them
 per sub-pixel.  The stages, and :func:`render_pixel` itself, are inlined
-into the row loop (``inline="always"``), so splitting the arithmetic into
-functions does not slow it down (a real call of :func:`render_pixel`, which
-passes the scene's tuples of arrays, cost more per pixel than a light
-image's arithmetic; specs/engines.md).
+into the row function (``inline="always"``), which runs without reference
+counting (:data:`NO_REFCOUNT`), so splitting the arithmetic into functions
+does not slow it down (a real call of :func:`render_pixel`, which passes the
+scene's tuples of arrays, cost more per pixel than a light image's
+arithmetic; specs/engines.md).
 
 Frames and units: lab frame, metres for positions, 1/metre for the
 scattering vector; direct cell vectors in metres, so ``h = a . s`` is
@@ -46,10 +47,18 @@ from collections import namedtuple
 
 import numpy as np
 from numba import njit, prange
+from numba.core.cpu import CPUTargetOptions
 
 # Compiler options for every kernel function: cached on disk, and C's IEEE
 # arithmetic (x / 0 gives inf or nan, no Python exception check per division).
 JIT = dict(cache=True, error_model="numpy")
+# The row function allocates nothing, so it runs without Numba's reference
+# counting: the stages inlined into its loop receive copies of the scene's
+# tuples of arrays, and counting the references of those copies (atomic
+# operations the optimizer cannot always remove) made it about a third slower.
+# (``_nrt`` is a Numba option without a public name; where it is gone, the
+# row function is compiled like the others, only slower.)
+NO_REFCOUNT = dict(JIT, _nrt=False) if hasattr(CPUTargetOptions, "_nrt") else JIT
 SQUARE, ROUND, GAUSS, TOPHAT = 0, 1, 2, 3
 
 # Slots of the per-pixel trace array (values of the last evaluation).
@@ -650,20 +659,33 @@ def render_rows(image, omega_rows, oob_eval, oob_hkl, det, beam, lat, sf, opt, r
     """
     no_trace = np.zeros(0)
     for spixel in prange(row_start, row_end):
-        row_omega = 0.0
         oob = np.empty(4)
-        for fpixel in range(det.fpixels):
-            if not pixel_is_rendered(spixel, fpixel, det):
-                continue
-            oob[0] = -1.0
-            value, omega_sum = render_pixel(spixel, fpixel, det, beam, lat, sf, opt, no_trace, oob)
-            image[spixel, fpixel] = value          # rounded to the image's dtype
-            row_omega += omega_sum
-            if oob[0] >= 0 and oob_eval.shape[0] > 1:
-                pix = spixel * det.fpixels + fpixel
-                oob_eval[pix] = np.int64(oob[0])
-                oob_hkl[pix, 0], oob_hkl[pix, 1], oob_hkl[pix, 2] = oob[1], oob[2], oob[3]
-        omega_rows[spixel] = row_omega
+        render_row(image, omega_rows, oob_eval, oob_hkl, det, beam, lat, sf, opt, spixel, no_trace, oob)
+
+
+@njit(**NO_REFCOUNT)
+def render_row(image, omega_rows, oob_eval, oob_hkl, det, beam, lat, sf, opt, spixel, no_trace, oob):
+    """Render the active pixels of row ``spixel`` (see :func:`render_rows`).
+
+    A function of its own, called once per row, so that the pixel loop with
+    :func:`render_pixel` inlined compiles as ordinary code: inlined into the
+    parallel loop itself it took Numba's parallel passes twice as long to
+    compile.  ``no_trace`` (empty) and ``oob`` (4 slots) are the caller's, so
+    that this function allocates nothing (:data:`NO_REFCOUNT`).
+    """
+    row_omega = 0.0
+    for fpixel in range(det.fpixels):
+        if not pixel_is_rendered(spixel, fpixel, det):
+            continue
+        oob[0] = -1.0
+        value, omega_sum = render_pixel(spixel, fpixel, det, beam, lat, sf, opt, no_trace, oob)
+        image[spixel, fpixel] = value          # rounded to the image's dtype
+        row_omega += omega_sum
+        if oob[0] >= 0 and oob_eval.shape[0] > 1:
+            pix = spixel * det.fpixels + fpixel
+            oob_eval[pix] = np.int64(oob[0])
+            oob_hkl[pix, 0], oob_hkl[pix, 1], oob_hkl[pix, 2] = oob[1], oob[2], oob[3]
+    omega_rows[spixel] = row_omega
 
 
 @njit(**JIT)
