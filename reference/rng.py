@@ -63,7 +63,45 @@ default each stream gets its own table (spec mode).
 import math
 
 import numpy as np
-from numba import njit
+
+# ---------------------------------------------------------------------------
+# Compiled on first use
+# ---------------------------------------------------------------------------
+# The generators are compiled with Numba, but importing Numba costs a run that
+# never draws (a torch render without mosaic domains, random misset or noise)
+# about 0.2 s: the light workload of tools.benchmark with -engine torch took
+# 1.25 s before and 1.01 s after (medians of 5 whole runs).  So the module
+# marks them, and the first call of
+# any one turns them all into Numba functions (cached on disk) at once: they
+# call each other, and Numba needs each callee compiled-able when it types the
+# caller.
+_DEFERRED = []
+
+
+class _Deferred:
+    """A generator function not yet handed to Numba; calling it compiles the module's."""
+
+    def __init__(self, func):
+        self.py_func = func
+        self.__name__, self.__doc__, self.__wrapped__ = func.__name__, func.__doc__, func
+
+    def __call__(self, *args):
+        _compile_all()
+        return globals()[self.__name__](*args)
+
+
+def compiled(func):
+    """Decorator: ``func`` becomes a cached Numba function at the first call of any of them."""
+    _DEFERRED.append(func.__name__)
+    return _Deferred(func)
+
+
+def _compile_all():
+    from numba import njit
+    module = globals()
+    for name in _DEFERRED:
+        if isinstance(module[name], _Deferred):
+            module[name] = njit(cache=True)(module[name].py_func)
 
 # ---------------------------------------------------------------------------
 # Generator constants (Park & Miller 1988, Schrage factorisation).
@@ -149,7 +187,7 @@ def stream_from_user_seed(seed):
     return new_stream(-int(seed))
 
 
-@njit(cache=True)
+@compiled
 def new_sampler_state():
     """Return a fresh Poisson/Gaussian sampler state (no cached values)."""
     pstate = np.zeros(SAMPLER_SIZE, dtype=np.float64)
@@ -160,7 +198,7 @@ def new_sampler_state():
 # ---------------------------------------------------------------------------
 # Uniform deviates
 # ---------------------------------------------------------------------------
-@njit(cache=True)
+@compiled
 def _park_miller_step(idum):
     """Advance the Park-Miller generator once: idum -> IA*idum mod IM.
 
@@ -174,7 +212,7 @@ def _park_miller_step(idum):
     return idum
 
 
-@njit(cache=True)
+@compiled
 def _load_shuffle_table(state):
     """(Re)seed the stream: warm up the generator and fill the table.
 
@@ -196,7 +234,7 @@ def _load_shuffle_table(state):
     state[1] = state[2]
 
 
-@njit(cache=True)
+@compiled
 def ran1(state):
     """Draw one uniform deviate in (0, 1) from the stream ``state``.
 
@@ -223,7 +261,7 @@ def ran1(state):
 # ---------------------------------------------------------------------------
 # Gaussian, log-gamma and Poisson deviates
 # ---------------------------------------------------------------------------
-@njit(cache=True)
+@compiled
 def gaussdev(state, pstate):
     """Draw a standard normal deviate (mean 0, rms 1), as float32 value.
 
@@ -245,7 +283,7 @@ def gaussdev(state, pstate):
     return _f64(_f32(v2 * fac))
 
 
-@njit(cache=True)
+@compiled
 def gammln(xx):
     """Natural log of the gamma function, ln(Gamma(xx)), for xx > 0.
 
@@ -263,7 +301,7 @@ def gammln(xx):
     return _f64(_f32(-tmp + math.log(2.5066282746310005 * ser / x)))
 
 
-@njit(cache=True)
+@compiled
 def _poisson_small(xm, state, pstate):
     """Poisson deviate for mean < 12 by multiplying uniform deviates.
 
@@ -285,7 +323,7 @@ def _poisson_small(xm, state, pstate):
     return _f64(em)
 
 
-@njit(cache=True)
+@compiled
 def _poisson_large(xm, state, pstate):
     """Poisson deviate for mean >= 12 by rejection from a Lorentzian.
 
@@ -318,7 +356,7 @@ def _poisson_large(xm, state, pstate):
     return _f64(em)
 
 
-@njit(cache=True)
+@compiled
 def poidev(xm, state, pstate):
     """Draw a Poisson deviate with mean ``xm`` (photons), as float32 value.
 
@@ -338,13 +376,13 @@ def poidev(xm, state, pstate):
 # ---------------------------------------------------------------------------
 # Random orientations
 # ---------------------------------------------------------------------------
-@njit(cache=True)
+@compiled
 def _powf(base, exponent):
     """Single-precision power, base**exponent, via the C library powf."""
     return _f32(base) ** _f32(exponent)
 
 
-@njit(cache=True)
+@compiled
 def mosaic_angle(mosaicity, r3):
     """A domain's rotation angle, mosaicity * (1 - r3**2)**(1/3), in single precision as C.
 
@@ -354,7 +392,7 @@ def mosaic_angle(mosaicity, r3):
     return _f64(_f32(_f32(mosaicity) * _powf(1.0 - r3 * r3, 1.0 / 3.0)))
 
 
-@njit(cache=True)
+@compiled
 def mosaic_rotation_umat(mosaicity, state):
     """Random rotation matrix for one mosaic domain.
 
@@ -406,7 +444,7 @@ def mosaic_rotation_umat(mosaicity, state):
     return umat
 
 
-@njit(cache=True)
+@compiled
 def _unit_rows(rows, norms):
     """Divide each row of the 3x3 ``rows`` by its length (when > 0)."""
     for i in range(3):
@@ -417,7 +455,7 @@ def _unit_rows(rows, norms):
                 rows[i, k] /= norms[i]
 
 
-@njit(cache=True)
+@compiled
 def _unit_cross(a, b):
     """Cross product a x b scaled to unit length (left as is if zero)."""
     out = np.empty(3, dtype=np.float64)
@@ -431,7 +469,7 @@ def _unit_cross(a, b):
     return out
 
 
-@njit(cache=True)
+@compiled
 def _replace_missing_rows(u, norms):
     """Rebuild any zero-length row of ``u`` from the other two rows."""
     x_cross_y = _unit_cross(u[0], u[1])
@@ -445,7 +483,7 @@ def _replace_missing_rows(u, norms):
         u[2, :] = x_cross_y
 
 
-@njit(cache=True)
+@compiled
 def umat2misset(umat):
     """Misset angles (rotx, roty, rotz) in radians of a rotation matrix.
 
@@ -499,7 +537,7 @@ def umat2misset(umat):
 # ---------------------------------------------------------------------------
 # Noise image
 # ---------------------------------------------------------------------------
-@njit(cache=True)
+@compiled
 def _c_double_to_uint16(value):
     """Convert a double to uint16 the way x86-64 GCC code does.
 
@@ -543,7 +581,7 @@ def noise_image(float_image, active, seed_c, adc_offset, table=None):
     return _noise_image(float_image, active, state, adc_offset)
 
 
-@njit(cache=True)
+@compiled
 def _noise_image(float_image, active, state, adc_offset):
     """:func:`noise_image` drawing from the uniform-stream ``state``."""
     pstate = new_sampler_state()
