@@ -87,7 +87,7 @@ COSTS = {
     # numba: re-measured after the spec-mode Chebyshev lattice factor and the inlined pixel
     # function (load average 1.2); `parallel` kept from the idle measurement before, since
     # another process held one core this time.  -c_parity runs keep C's sines: on workloads
-    # (a) and (b) they took 1.5x and 1.8x the spec-mode time this predicts (tools.benchmark,
+    # (a) and (b) they took 1.3x and 1.7x the spec-mode time this predicts (tools.benchmark,
     # tools.estimate_check)
     "numba": dict(start_s=0.38, base_mb=154, pixel_s=1.2e-08, subpixel_s=2.2e-08, eval_s=3.6e-08,
                   interp_x=3.6, parallel=0.94, output_s=3.1e-08, extras_s=7e-08, out_bytes=21.1,
